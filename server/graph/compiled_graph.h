@@ -57,6 +57,10 @@ struct CompiledGraph {
 //   "tasks[0].input: 2097152 bytes exceeds the limit of 1048576"
 // Names must match [A-Za-z0-9_.:-]+ (queue names too; an empty queue means
 // "default").
+// In a cycle message "a -> b" means task a depends on task b; the path starts
+// at the cycle's task of smallest index. A path past ~1 KiB is cut (it must
+// fit gRPC trailers): "tasks: cycle a -> b -> ... -> y -> a (a cycle of N
+// tasks, M not shown)".
 absl::StatusOr<CompiledGraph> Compile(const forge::v1::GraphSpec& spec,
                                       const Limits& limits);
 

@@ -1,0 +1,719 @@
+#include "server/store/store.h"
+
+#include <algorithm>
+#include <functional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/ids.h"
+#include "common/proto_time.h"
+
+namespace forge::store {
+
+namespace v1 = ::forge::v1;
+
+struct Store::TaskRuntime {
+  v1::TaskState state = v1::PENDING;
+  // READY but waiting for a retry backoff to end (not in a queue).
+  bool backing_off = false;
+  // Dependencies not yet terminal / that ended unsuccessful / that FAILED.
+  int32_t pending = 0;
+  int32_t unsuccessful = 0;
+  int32_t failed = 0;
+  int32_t attempt = 0;
+  uint64_t epoch = 0;
+  int32_t exit_code = 0;
+  std::string worker_id;
+  std::string output;
+  std::unique_ptr<v1::TaskError> error;
+  std::unique_ptr<v1::Progress> progress;
+  absl::Time ready_at = absl::InfinitePast();
+  absl::Time started_at = absl::InfinitePast();
+  absl::Time finished_at = absl::InfinitePast();
+  std::vector<v1::Attempt> attempts;
+};
+
+struct Store::GraphRecord {
+  std::string id;
+  std::string request_id;
+  v1::GraphSpec spec;
+  graph::CompiledGraph compiled;
+  std::vector<TaskRuntime> tasks;
+  // Keys view the names inside `spec`, which never changes after insert.
+  absl::flat_hash_map<absl::string_view, int32_t> by_name;
+  v1::GraphState state = v1::GRAPH_STATE_RUNNING;
+  int64_t seq = 0;
+  bool cancel_requested = false;
+  bool fail_fast_fired = false;
+  int32_t terminal = 0;
+  v1::TaskCounts counts;
+  absl::Time created_at;
+  absl::Time finished_at = absl::InfinitePast();
+  std::vector<TerminalWaiter> waiters;
+};
+
+namespace {
+
+void Bump(v1::TaskCounts& c, v1::TaskState s, int delta) {
+  switch (s) {
+    case v1::PENDING: c.set_pending(c.pending() + delta); break;
+    case v1::READY: c.set_ready(c.ready() + delta); break;
+    case v1::RUNNING: c.set_running(c.running() + delta); break;
+    case v1::SUCCEEDED: c.set_succeeded(c.succeeded() + delta); break;
+    case v1::FAILED: c.set_failed(c.failed() + delta); break;
+    case v1::CANCELLED: c.set_cancelled(c.cancelled() + delta); break;
+    case v1::SKIPPED: c.set_skipped(c.skipped() + delta); break;
+    default: break;
+  }
+}
+
+const std::string& QueueOf(const v1::TaskSpec& spec) {
+  static const std::string* kDefault = new std::string("default");
+  return spec.queue().empty() ? *kDefault : spec.queue();
+}
+
+v1::EventType EventFor(v1::TaskState s) {
+  switch (s) {
+    case v1::SUCCEEDED: return v1::TASK_SUCCEEDED;
+    case v1::FAILED: return v1::TASK_FAILED;
+    case v1::CANCELLED: return v1::TASK_CANCELLED;
+    case v1::SKIPPED: return v1::TASK_SKIPPED;
+    case v1::READY: return v1::TASK_READY;
+    case v1::RUNNING: return v1::TASK_STARTED;
+    default: return v1::EVENT_TYPE_UNSPECIFIED;
+  }
+}
+
+v1::EventType EventFor(v1::GraphState s) {
+  switch (s) {
+    case v1::GRAPH_STATE_SUCCEEDED: return v1::GRAPH_SUCCEEDED;
+    case v1::GRAPH_STATE_FAILED: return v1::GRAPH_FAILED;
+    case v1::GRAPH_STATE_CANCELLED: return v1::GRAPH_CANCELLED;
+    default: return v1::EVENT_TYPE_UNSPECIFIED;
+  }
+}
+
+absl::Status StaleLease(const v1::Lease& lease, v1::TaskState state,
+                        int32_t attempt) {
+  return absl::AbortedError(absl::StrFormat(
+      "stale lease: task %d of graph %s is at attempt %d (%s); attempt %d "
+      "epoch %d is no longer current",
+      lease.task_index(), lease.graph_id(), attempt,
+      v1::TaskState_Name(state), lease.attempt(), lease.epoch()));
+}
+
+}  // namespace
+
+// One transition on one graph, under its shard lock. Collects the effects.
+class Store::Transition {
+ public:
+  Transition(Store& store, GraphRecord& g, absl::BitGen& rng, absl::Time now,
+             Effects& fx)
+      : store_(store), g_(g), rng_(rng), now_(now), fx_(fx) {
+    fx_.graph_id = g.id;
+  }
+
+  v1::Event& Emit(v1::EventType type) {
+    v1::Event& e = fx_.events.emplace_back();
+    e.set_graph_id(g_.id);
+    e.set_seq(++g_.seq);
+    e.set_type(type);
+    ToProto(now_, e.mutable_time());
+    return e;
+  }
+
+  v1::Event& EmitTask(v1::EventType type, int32_t i) {
+    const v1::TaskSpec& spec = g_.spec.tasks(i);
+    v1::Event& e = Emit(type);
+    e.set_task(spec.name());
+    e.set_attempt(g_.tasks[i].attempt);
+    e.set_queue(QueueOf(spec));
+    return e;
+  }
+
+  void SetState(int32_t i, v1::TaskState s) {
+    TaskRuntime& t = g_.tasks[i];
+    Bump(g_.counts, t.state, -1);
+    Bump(g_.counts, s, +1);
+    t.state = s;
+  }
+
+  // PENDING (or a finished backoff) -> READY, queued.
+  void MakeReady(int32_t i) {
+    TaskRuntime& t = g_.tasks[i];
+    SetState(i, v1::READY);
+    t.backing_off = false;
+    t.ready_at = now_;
+    EmitTask(v1::TASK_READY, i);
+    const v1::TaskSpec& spec = g_.spec.tasks(i);
+    ReadyTask& r = fx_.ready.emplace_back();
+    r.graph_id = g_.id;
+    r.index = i;
+    r.queue = QueueOf(spec);
+    r.priority = spec.priority();
+    r.ordering_key = spec.ordering_key();
+    r.ready_seq = store_.next_ready_seq_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // Any non-terminal state -> terminal `s`; dependents are settled by Drain().
+  void Terminate(int32_t i, v1::TaskState s, const std::string& message) {
+    TaskRuntime& t = g_.tasks[i];
+    if (t.state == v1::RUNNING && s == v1::CANCELLED) {
+      CancelOrder& c = fx_.cancels.emplace_back();
+      FillLease(i, &c.lease);
+      c.worker_id = t.worker_id;
+      c.reason = message;
+      if (!t.attempts.empty()) {
+        v1::Attempt& a = t.attempts.back();
+        a.set_state(v1::CANCELLED);
+        ToProto(now_, a.mutable_finished_at());
+      }
+    }
+    SetState(i, s);
+    t.backing_off = false;
+    t.finished_at = now_;
+    ++g_.terminal;
+    ++fx_.tasks_finished;
+    v1::Event& e = EmitTask(EventFor(s), i);
+    if (!message.empty()) e.set_message(message);
+    if (s == v1::FAILED && t.error) *e.mutable_error() = *t.error;
+    if (s == v1::SUCCEEDED) e.set_exit_code(t.exit_code);
+    worklist_.push_back(i);
+    if (s == v1::FAILED && g_.spec.fail_fast() && !g_.fail_fast_fired) {
+      g_.fail_fast_fired = true;
+      const std::string why =
+          absl::StrCat("fail_fast: task ", g_.spec.tasks(i).name(), " failed");
+      for (int32_t k = 0; k < static_cast<int32_t>(g_.tasks.size()); ++k) {
+        const v1::TaskState ks = g_.tasks[k].state;
+        const v1::Trigger trig = g_.spec.tasks(k).trigger();
+        const bool wants_failures =
+            trig == v1::ALL_DONE || trig == v1::ONE_FAILED;
+        if ((ks == v1::PENDING || ks == v1::READY) && !wants_failures) {
+          Terminate(k, v1::CANCELLED, why);
+        }
+      }
+    }
+  }
+
+  // Settles the dependents of every task terminated so far (iteratively, so
+  // a cascade over a million-task chain uses no stack), then finishes the
+  // graph if every task is terminal.
+  void Drain() {
+    while (!worklist_.empty()) {
+      const int32_t j = worklist_.back();
+      worklist_.pop_back();
+      const v1::TaskState outcome = g_.tasks[j].state;
+      for (int32_t d : g_.compiled.dependents[j]) {
+        TaskRuntime& td = g_.tasks[d];
+        if (td.state != v1::PENDING) continue;
+        --td.pending;
+        if (outcome != v1::SUCCEEDED) ++td.unsuccessful;
+        if (outcome == v1::FAILED) ++td.failed;
+        switch (graph::Decide(g_.spec.tasks(d).trigger(), td.pending,
+                              td.unsuccessful, td.failed)) {
+          case graph::Decision::kReady:
+            MakeReady(d);
+            break;
+          case graph::Decision::kSkip:
+            Terminate(d, v1::SKIPPED,
+                      absl::StrCat("trigger ",
+                                   v1::Trigger_Name(g_.spec.tasks(d).trigger()),
+                                   " cannot hold"));
+            break;
+          case graph::Decision::kWait:
+            break;
+        }
+      }
+    }
+    if (g_.state == v1::GRAPH_STATE_RUNNING &&
+        g_.terminal == static_cast<int32_t>(g_.tasks.size())) {
+      g_.state = graph::Outcome(g_.cancel_requested, g_.counts.failed(),
+                                g_.counts.cancelled());
+      g_.finished_at = now_;
+      v1::Event& e = Emit(EventFor(g_.state));
+      *e.mutable_labels() = g_.spec.labels();
+      fx_.terminal_graph.emplace();
+      store_.FillGraph(g_, v1::BASIC, &*fx_.terminal_graph);
+      for (TerminalWaiter& w : g_.waiters) fx_.waiters.push_back(std::move(w));
+      g_.waiters.clear();
+    }
+  }
+
+  void FillLease(int32_t i, v1::Lease* lease) {
+    lease->set_graph_id(g_.id);
+    lease->set_task_index(i);
+    lease->set_attempt(g_.tasks[i].attempt);
+    lease->set_epoch(g_.tasks[i].epoch);
+  }
+
+  absl::BitGen& rng() { return rng_; }
+  absl::Time now() const { return now_; }
+
+ private:
+  Store& store_;
+  GraphRecord& g_;
+  absl::BitGen& rng_;
+  const absl::Time now_;
+  Effects& fx_;
+  std::vector<int32_t> worklist_;
+};
+
+Store::Store(StoreOptions options) : options_(std::move(options)) {
+  const int n = std::max(1, options_.shards);
+  shards_.reserve(n);
+  for (int i = 0; i < n; ++i) shards_.push_back(std::make_unique<Shard>());
+}
+
+Store::~Store() = default;
+
+Store::Shard& Store::ShardFor(const std::string& graph_id) const {
+  const size_t h = std::hash<std::string>{}(graph_id);
+  return *shards_[h % shards_.size()];
+}
+
+int64_t Store::graph_count() const {
+  return graph_count_.load(std::memory_order_relaxed);
+}
+
+absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
+                                           const std::string& request_id,
+                                           v1::GraphSpec spec,
+                                           graph::CompiledGraph compiled,
+                                           absl::Time now) {
+  InsertResult result;
+  auto insert = [&]() {
+    auto g = std::make_unique<GraphRecord>();
+    g->id = graph_id;
+    g->request_id = request_id;
+    g->spec = std::move(spec);
+    g->compiled = std::move(compiled);
+    g->created_at = now;
+    const int32_t n = g->spec.tasks_size();
+    g->tasks.resize(n);
+    g->by_name.reserve(n);
+    for (int32_t i = 0; i < n; ++i) {
+      g->by_name.emplace(g->spec.tasks(i).name(), i);
+      g->tasks[i].pending = static_cast<int32_t>(g->compiled.deps[i].size());
+    }
+    g->counts.set_pending(n);
+    Shard& shard = ShardFor(graph_id);
+    absl::MutexLock lock(&shard.mu);
+    GraphRecord& rec = *g;
+    Transition tx(*this, rec, shard.rng, now, result.effects);
+    v1::Event& e = tx.Emit(v1::GRAPH_SUBMITTED);
+    *e.mutable_labels() = rec.spec.labels();
+    e.set_message(rec.spec.name());
+    for (int32_t root : rec.compiled.roots) tx.MakeReady(root);
+    shard.graphs.emplace(graph_id, std::move(g));
+    graph_count_.fetch_add(1, std::memory_order_relaxed);
+  };
+  result.graph_id = graph_id;
+  if (request_id.empty()) {
+    insert();
+    result.created = true;
+    return result;
+  }
+  const uint64_t fingerprint =
+      std::hash<std::string>{}(spec.SerializeAsString());
+  absl::MutexLock lock(&requests_mu_);
+  auto it = requests_.find(request_id);
+  if (it != requests_.end()) {
+    if (it->second.fingerprint != fingerprint) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "request_id: \"", request_id, "\" was already used for graph ",
+          it->second.graph_id, " with a different spec"));
+    }
+    result.graph_id = it->second.graph_id;
+    result.created = false;
+    return result;
+  }
+  insert();
+  requests_.emplace(request_id, RequestEntry{graph_id, fingerprint});
+  result.created = true;
+  return result;
+}
+
+absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
+                                                int32_t index,
+                                                const std::string& worker_id,
+                                                absl::Time now) {
+  Shard& shard = ShardFor(graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(graph_id);
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  GraphRecord& g = *it->second;
+  if (index < 0 || index >= static_cast<int32_t>(g.tasks.size())) {
+    return absl::NotFoundError(absl::StrCat("task index ", index, " not found"));
+  }
+  TaskRuntime& t = g.tasks[index];
+  if (t.state != v1::READY || t.backing_off) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("task ", g.spec.tasks(index).name(), " is ",
+                     v1::TaskState_Name(t.state),
+                     t.backing_off ? " (backing off)" : ""));
+  }
+  StartResult result;
+  Transition tx(*this, g, shard.rng, now, result.effects);
+  ++t.attempt;
+  t.epoch = next_epoch_.fetch_add(1, std::memory_order_relaxed);
+  t.worker_id = worker_id;
+  t.started_at = now;
+  t.progress.reset();
+  tx.SetState(index, v1::RUNNING);
+  v1::Attempt& a = t.attempts.emplace_back();
+  a.set_number(t.attempt);
+  a.set_worker_id(worker_id);
+  a.set_state(v1::RUNNING);
+  ToProto(now, a.mutable_started_at());
+  tx.EmitTask(v1::TASK_STARTED, index).set_worker_id(worker_id);
+
+  const v1::TaskSpec& spec = g.spec.tasks(index);
+  v1::Assignment& as = result.assignment;
+  tx.FillLease(index, as.mutable_lease());
+  as.set_task(spec.name());
+  as.set_queue(QueueOf(spec));
+  as.set_input(spec.input());
+  *as.mutable_params() = spec.params();
+  *as.mutable_labels() = spec.labels();
+  const absl::Duration run_timeout =
+      spec.timeouts().has_run() ? FromProto(spec.timeouts().run())
+                                : options_.defaults.run_timeout;
+  as.set_run_timeout_ms(absl::ToInt64Milliseconds(run_timeout));
+  int64_t budget = options_.max_total_upstream_bytes;
+  for (int32_t d : g.compiled.deps[index]) {
+    const TaskRuntime& td = g.tasks[d];
+    if (td.state != v1::SUCCEEDED) continue;
+    const std::string& name = g.spec.tasks(d).name();
+    const int64_t size = static_cast<int64_t>(td.output.size());
+    if (size > options_.max_upstream_output_bytes || size > budget) {
+      as.add_truncated_upstream(name);
+      continue;
+    }
+    budget -= size;
+    (*as.mutable_upstream_outputs())[name] = td.output;
+  }
+  return result;
+}
+
+absl::StatusOr<Effects> Store::Complete(const v1::TaskResult& result,
+                                        absl::Time now) {
+  const v1::Lease& lease = result.lease();
+  Shard& shard = ShardFor(lease.graph_id());
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(lease.graph_id());
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("graph ", lease.graph_id(), " not found"));
+  }
+  GraphRecord& g = *it->second;
+  const int32_t i = lease.task_index();
+  if (i < 0 || i >= static_cast<int32_t>(g.tasks.size())) {
+    return absl::NotFoundError(absl::StrCat("task index ", i, " not found"));
+  }
+  TaskRuntime& t = g.tasks[i];
+  if (t.state != v1::RUNNING || t.attempt != lease.attempt() ||
+      t.epoch != lease.epoch()) {
+    return StaleLease(lease, t.state, t.attempt);
+  }
+  Effects fx;
+  Transition tx(*this, g, shard.rng, now, fx);
+  v1::Attempt& a = t.attempts.back();
+  ToProto(now, a.mutable_finished_at());
+  a.set_exit_code(result.exit_code());
+  t.exit_code = result.exit_code();
+  const v1::TaskSpec& spec = g.spec.tasks(i);
+  if (result.success() &&
+      static_cast<int64_t>(result.output().size()) > options_.max_output_bytes) {
+    v1::TaskResult failed = result;
+    failed.set_success(false);
+    failed.clear_output();
+    failed.mutable_error()->set_code("OUTPUT_TOO_LARGE");
+    failed.mutable_error()->set_message(absl::StrCat(
+        "output of ", result.output().size(), " bytes exceeds the limit of ",
+        options_.max_output_bytes));
+    failed.mutable_error()->set_non_retryable(true);
+    t.error = std::make_unique<v1::TaskError>(failed.error());
+  } else if (result.success()) {
+    a.set_state(v1::SUCCEEDED);
+    t.output = result.output();
+    t.error.reset();
+    tx.Terminate(i, v1::SUCCEEDED, "");
+    tx.Drain();
+    return fx;
+  } else {
+    t.error = std::make_unique<v1::TaskError>(result.error());
+    if (t.error->code().empty()) t.error->set_code("FAILED");
+  }
+  a.set_state(v1::FAILED);
+  *a.mutable_error() = *t.error;
+  if (graph::ShouldRetry(spec, options_.defaults, t.attempt, *t.error)) {
+    const absl::Duration delay =
+        graph::Backoff(spec, options_.defaults, t.attempt,
+                       absl::Uniform<double>(tx.rng(), 0.0, 1.0));
+    tx.SetState(i, v1::READY);
+    t.backing_off = true;
+    v1::Event& e = tx.EmitTask(v1::TASK_RETRY_SCHEDULED, i);
+    *e.mutable_error() = *t.error;
+    ToProto(now + delay, e.mutable_retry_at());
+    fx.retries.push_back(RetryTimer{g.id, i, t.attempt, now + delay});
+  } else {
+    tx.Terminate(i, v1::FAILED, "");
+    tx.Drain();
+  }
+  return fx;
+}
+
+absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
+                                        absl::Time now) {
+  const v1::Lease& lease = progress.lease();
+  Shard& shard = ShardFor(lease.graph_id());
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(lease.graph_id());
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("graph ", lease.graph_id(), " not found"));
+  }
+  GraphRecord& g = *it->second;
+  const int32_t i = lease.task_index();
+  if (i < 0 || i >= static_cast<int32_t>(g.tasks.size())) {
+    return absl::NotFoundError(absl::StrCat("task index ", i, " not found"));
+  }
+  TaskRuntime& t = g.tasks[i];
+  if (t.state != v1::RUNNING || t.attempt != lease.attempt() ||
+      t.epoch != lease.epoch()) {
+    return StaleLease(lease, t.state, t.attempt);
+  }
+  Effects fx;
+  Transition tx(*this, g, shard.rng, now, fx);
+  t.progress = std::make_unique<v1::Progress>(progress.progress());
+  *tx.EmitTask(v1::TASK_PROGRESS, i).mutable_progress() = progress.progress();
+  return fx;
+}
+
+Effects Store::RetryDue(const RetryTimer& timer, absl::Time now) {
+  Effects fx;
+  Shard& shard = ShardFor(timer.graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(timer.graph_id);
+  if (it == shard.graphs.end()) return fx;
+  GraphRecord& g = *it->second;
+  if (timer.index < 0 || timer.index >= static_cast<int32_t>(g.tasks.size())) {
+    return fx;
+  }
+  TaskRuntime& t = g.tasks[timer.index];
+  if (t.state != v1::READY || !t.backing_off || t.attempt != timer.attempt) {
+    return fx;
+  }
+  Transition tx(*this, g, shard.rng, now, fx);
+  tx.MakeReady(timer.index);
+  return fx;
+}
+
+absl::StatusOr<Effects> Store::CancelGraph(const std::string& graph_id,
+                                           const std::string& reason,
+                                           absl::Time now) {
+  Shard& shard = ShardFor(graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(graph_id);
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  GraphRecord& g = *it->second;
+  Effects fx;
+  if (graph::IsTerminal(g.state)) return fx;
+  g.cancel_requested = true;
+  Transition tx(*this, g, shard.rng, now, fx);
+  const std::string why =
+      reason.empty() ? std::string("graph cancelled") : reason;
+  for (int32_t k = 0; k < static_cast<int32_t>(g.tasks.size()); ++k) {
+    if (!graph::IsTerminal(g.tasks[k].state)) {
+      tx.Terminate(k, v1::CANCELLED, why);
+    }
+  }
+  tx.Drain();
+  return fx;
+}
+
+absl::StatusOr<Effects> Store::CancelTask(const std::string& graph_id,
+                                          const std::string& task,
+                                          const std::string& reason,
+                                          absl::Time now) {
+  Shard& shard = ShardFor(graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(graph_id);
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  GraphRecord& g = *it->second;
+  auto t = g.by_name.find(task);
+  if (t == g.by_name.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("task \"", task, "\" not found in graph ", graph_id));
+  }
+  Effects fx;
+  if (graph::IsTerminal(g.tasks[t->second].state)) return fx;
+  Transition tx(*this, g, shard.rng, now, fx);
+  tx.Terminate(t->second, v1::CANCELLED,
+               reason.empty() ? std::string("task cancelled") : reason);
+  tx.Drain();
+  return fx;
+}
+
+absl::StatusOr<Effects> Store::AddTerminalWaiter(const std::string& graph_id,
+                                                 TerminalWaiter waiter) {
+  Shard& shard = ShardFor(graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(graph_id);
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  GraphRecord& g = *it->second;
+  Effects fx;
+  if (graph::IsTerminal(g.state)) {
+    fx.graph_id = graph_id;
+    fx.terminal_graph.emplace();
+    FillGraph(g, v1::BASIC, &*fx.terminal_graph);
+    fx.waiters.push_back(std::move(waiter));
+  } else {
+    g.waiters.push_back(std::move(waiter));
+  }
+  return fx;
+}
+
+void Store::FillTask(const GraphRecord& g, int32_t i, v1::Task* out) {
+  const TaskRuntime& t = g.tasks[i];
+  out->set_graph_id(g.id);
+  *out->mutable_spec() = g.spec.tasks(i);
+  out->set_index(i);
+  out->set_state(t.state);
+  out->set_attempt(t.attempt);
+  for (const v1::Attempt& a : t.attempts) *out->add_attempts() = a;
+  if (t.progress) *out->mutable_progress() = *t.progress;
+  out->set_output(t.output);
+  if (t.error) *out->mutable_error() = *t.error;
+  out->set_exit_code(t.exit_code);
+  ToProto(g.created_at, out->mutable_created_at());
+  if (t.ready_at != absl::InfinitePast()) ToProto(t.ready_at, out->mutable_ready_at());
+  if (t.started_at != absl::InfinitePast()) {
+    ToProto(t.started_at, out->mutable_started_at());
+  }
+  if (t.finished_at != absl::InfinitePast()) {
+    ToProto(t.finished_at, out->mutable_finished_at());
+  }
+}
+
+void Store::FillGraph(const GraphRecord& g, v1::GraphView view,
+                      v1::Graph* out) {
+  out->set_id(g.id);
+  out->set_name(g.spec.name());
+  *out->mutable_labels() = g.spec.labels();
+  out->set_state(g.state);
+  out->set_request_id(g.request_id);
+  out->set_fail_fast(g.spec.fail_fast());
+  *out->mutable_counts() = g.counts;
+  ToProto(g.created_at, out->mutable_created_at());
+  if (g.finished_at != absl::InfinitePast()) {
+    ToProto(g.finished_at, out->mutable_finished_at());
+  }
+  out->set_last_seq(g.seq);
+  out->set_cancel_requested(g.cancel_requested);
+  if (view == v1::FULL) {
+    out->mutable_tasks()->Reserve(static_cast<int>(g.tasks.size()));
+    for (int32_t i = 0; i < static_cast<int32_t>(g.tasks.size()); ++i) {
+      FillTask(g, i, out->add_tasks());
+    }
+  }
+}
+
+absl::StatusOr<v1::Graph> Store::GetGraph(const std::string& graph_id,
+                                          v1::GraphView view) const {
+  Shard& shard = ShardFor(graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(graph_id);
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  v1::Graph out;
+  FillGraph(*it->second, view == v1::GRAPH_VIEW_UNSPECIFIED ? v1::FULL : view,
+            &out);
+  return out;
+}
+
+absl::StatusOr<v1::Task> Store::GetTask(const std::string& graph_id,
+                                        const std::string& task) const {
+  Shard& shard = ShardFor(graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(graph_id);
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  const GraphRecord& g = *it->second;
+  auto t = g.by_name.find(task);
+  if (t == g.by_name.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("task \"", task, "\" not found in graph ", graph_id));
+  }
+  v1::Task out;
+  FillTask(g, t->second, &out);
+  return out;
+}
+
+absl::StatusOr<v1::ListGraphsResponse> Store::ListGraphs(
+    const v1::ListGraphsRequest& request) const {
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError("page_size: must not be negative");
+  }
+  if (request.page_size() > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page_size: ", request.page_size(), " exceeds the maximum of 1000"));
+  }
+  if (!request.page_token().empty() && !IsUlid(request.page_token())) {
+    return absl::InvalidArgumentError("page_token: malformed token");
+  }
+  const size_t page_size = request.page_size() == 0 ? 100 : request.page_size();
+  const v1::GraphView view = request.view() == v1::GRAPH_VIEW_UNSPECIFIED
+                                 ? v1::BASIC
+                                 : request.view();
+  auto matches = [&](const GraphRecord& g) {
+    if (request.states_size() > 0 &&
+        std::find(request.states().begin(), request.states().end(),
+                  g.state) == request.states().end()) {
+      return false;
+    }
+    for (const auto& [k, v] : request.labels()) {
+      auto it = g.spec.labels().find(k);
+      if (it == g.spec.labels().end() || it->second != v) return false;
+    }
+    return true;
+  };
+  // Newest first: walk each shard backwards from the token, take up to
+  // page_size + 1 matches from each, then merge.
+  std::vector<v1::Graph> found;
+  for (const auto& shard : shards_) {
+    absl::MutexLock lock(&shard->mu);
+    auto it = request.page_token().empty()
+                  ? shard->graphs.end()
+                  : shard->graphs.lower_bound(request.page_token());
+    size_t taken = 0;
+    while (it != shard->graphs.begin() && taken <= page_size) {
+      --it;
+      if (!matches(*it->second)) continue;
+      FillGraph(*it->second, view, &found.emplace_back());
+      ++taken;
+    }
+  }
+  std::sort(found.begin(), found.end(),
+            [](const v1::Graph& a, const v1::Graph& b) { return a.id() > b.id(); });
+  v1::ListGraphsResponse response;
+  const size_t n = std::min(found.size(), page_size);
+  for (size_t i = 0; i < n; ++i) *response.add_graphs() = std::move(found[i]);
+  if (found.size() > page_size) {
+    response.set_next_page_token(response.graphs(n - 1).id());
+  }
+  return response;
+}
+
+}  // namespace forge::store

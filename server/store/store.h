@@ -1,0 +1,229 @@
+// server/store: the sharded store of live graphs.
+//
+// Every state change of a graph or task is ONE transition: it runs under the
+// lock of the graph's shard, changes the in-memory state, assigns the events'
+// per-graph sequence numbers, decides readiness by pending-dependency counts
+// (in the same critical section as the finishing dependency: no scans, no
+// polling), and RETURNS an Effects value. The caller (the engine) applies the
+// effects after the lock is released: journal, event bus, queues, timers,
+// cancels, waiters. Nothing here does I/O or calls out.
+//
+// LOCK ORDER (Forge-wide; keep it):
+//   Store::requests_mu_  ->  Shard::mu
+//   Shard locks never nest in each other. No other lock is taken while a
+//   shard lock is held. The engine never holds a store lock while it calls
+//   the scheduler, the event bus, an executor or the journal.
+//
+// Thread-safe: every public method may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/random/random.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "forge/v1/orchestrator.pb.h"
+#include "forge/v1/types.pb.h"
+#include "forge/v1/worker.pb.h"
+#include "server/graph/compiled_graph.h"
+#include "server/graph/rules.h"
+
+namespace forge::store {
+
+// A task that became READY and must enter its queue.
+struct ReadyTask {
+  std::string graph_id;
+  int32_t index = 0;
+  std::string queue;
+  int32_t priority = 0;
+  std::string ordering_key;
+  // Store-wide order in which tasks became READY: FIFO among equal
+  // priorities, whatever order the effects are applied in.
+  uint64_t ready_seq = 0;
+};
+
+// A failed attempt that will be retried once its backoff has passed.
+struct RetryTimer {
+  std::string graph_id;
+  int32_t index = 0;
+  int32_t attempt = 0;  // the attempt that failed
+  absl::Time due;
+};
+
+// A running attempt whose executor must be told to stop.
+struct CancelOrder {
+  forge::v1::Lease lease;
+  std::string worker_id;
+  std::string reason;
+};
+
+// Called once when a graph becomes terminal (or at once if it already is).
+using TerminalWaiter = absl::AnyInvocable<void(const forge::v1::Graph&)>;
+
+// What a transition asks the world to do, in this order, once its journal
+// records are durable.
+struct Effects {
+  std::string graph_id;
+  std::vector<forge::v1::Event> events;  // dense seqs, in order
+  std::vector<ReadyTask> ready;
+  std::vector<RetryTimer> retries;
+  std::vector<CancelOrder> cancels;
+  // Set when the graph became terminal in this transition.
+  std::optional<forge::v1::Graph> terminal_graph;
+  std::vector<TerminalWaiter> waiters;
+  // Counters for metrics.
+  int32_t tasks_finished = 0;
+
+  bool empty() const {
+    return events.empty() && ready.empty() && retries.empty() &&
+           cancels.empty() && waiters.empty();
+  }
+};
+
+struct StoreOptions {
+  int shards = 16;
+  graph::PolicyDefaults defaults;
+  // Upstream outputs handed to an assignment: per dependency and in total.
+  int64_t max_upstream_output_bytes = 64 << 10;
+  int64_t max_total_upstream_bytes = 1 << 20;
+  // Largest output kept for a task (bigger outputs are refused with
+  // INVALID_ARGUMENT at completion).
+  int64_t max_output_bytes = 4 << 20;
+};
+
+// Result of Store::Insert.
+struct InsertResult {
+  std::string graph_id;
+  bool created = false;
+  Effects effects;
+};
+
+// Result of Store::StartAttempt.
+struct StartResult {
+  forge::v1::Assignment assignment;
+  Effects effects;
+};
+
+class Store {
+ public:
+  Store(StoreOptions options);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Inserts a validated graph under `graph_id`. If `request_id` is not empty
+  // and an earlier insert used it, nothing is created and the earlier graph's
+  // id is returned with created=false (ALREADY_EXISTS if that earlier graph
+  // was submitted with a different spec). The effects hold GRAPH_SUBMITTED,
+  // then TASK_READY for each root, and the roots as ready tasks.
+  absl::StatusOr<InsertResult> Insert(const std::string& graph_id,
+                                      const std::string& request_id,
+                                      forge::v1::GraphSpec spec,
+                                      graph::CompiledGraph compiled,
+                                      absl::Time now);
+
+  // READY -> RUNNING: leases task `index` of `graph_id` to `worker_id` as a
+  // new attempt. FAILED_PRECONDITION if the task is no longer READY (it was
+  // cancelled, or is waiting for a retry backoff), NOT_FOUND if the graph is
+  // gone. The assignment carries the input, params and upstream outputs.
+  absl::StatusOr<StartResult> StartAttempt(const std::string& graph_id,
+                                           int32_t index,
+                                           const std::string& worker_id,
+                                           absl::Time now);
+
+  // Records the outcome of the attempt named by result.lease(). Fenced: a
+  // result whose (attempt, epoch) is not the task's current running one is
+  // refused with ABORTED and changes nothing; NOT_FOUND for an unknown graph
+  // or task index.
+  absl::StatusOr<Effects> Complete(const forge::v1::TaskResult& result,
+                                   absl::Time now);
+
+  // Records progress of the running attempt (fenced like Complete).
+  absl::StatusOr<Effects> Progress(const forge::v1::TaskProgress& progress,
+                                   absl::Time now);
+
+  // A retry backoff ended: READY (backing off) -> queued again, with a
+  // TASK_READY event. No effect if the task moved on since.
+  Effects RetryDue(const RetryTimer& timer, absl::Time now);
+
+  // Cancels every non-terminal task. Idempotent (a terminal graph: no
+  // effects). NOT_FOUND for an unknown graph.
+  absl::StatusOr<Effects> CancelGraph(const std::string& graph_id,
+                                      const std::string& reason,
+                                      absl::Time now);
+
+  // Cancels one task; dependents follow their triggers. Idempotent.
+  // NOT_FOUND for an unknown graph or task.
+  absl::StatusOr<Effects> CancelTask(const std::string& graph_id,
+                                     const std::string& task,
+                                     const std::string& reason,
+                                     absl::Time now);
+
+  // Registers `waiter` to be called when the graph is terminal. Returns
+  // effects holding the waiter itself if the graph already is (so it is
+  // called by the caller, with no lock held). NOT_FOUND for an unknown graph.
+  absl::StatusOr<Effects> AddTerminalWaiter(const std::string& graph_id,
+                                            TerminalWaiter waiter);
+
+  // Reads. Views: BASIC (no tasks) or FULL.
+  absl::StatusOr<forge::v1::Graph> GetGraph(const std::string& graph_id,
+                                            forge::v1::GraphView view) const;
+  absl::StatusOr<forge::v1::Task> GetTask(const std::string& graph_id,
+                                          const std::string& task) const;
+  // Newest first; page token = the last id of the previous page.
+  absl::StatusOr<forge::v1::ListGraphsResponse> ListGraphs(
+      const forge::v1::ListGraphsRequest& request) const;
+
+  // Number of graphs held (all states).
+  int64_t graph_count() const;
+
+ private:
+  struct TaskRuntime;
+  struct GraphRecord;
+  struct Shard {
+    mutable absl::Mutex mu;
+    absl::btree_map<std::string, std::unique_ptr<GraphRecord>> graphs
+        ABSL_GUARDED_BY(mu);
+    absl::BitGen rng ABSL_GUARDED_BY(mu);
+  };
+  struct RequestEntry {
+    std::string graph_id;
+    uint64_t fingerprint = 0;
+  };
+
+  Shard& ShardFor(const std::string& graph_id) const;
+  // Fill API views of a record; callers hold its shard lock.
+  static void FillGraph(const GraphRecord& g, forge::v1::GraphView view,
+                        forge::v1::Graph* out);
+  static void FillTask(const GraphRecord& g, int32_t index,
+                       forge::v1::Task* out);
+
+  // Transition helpers; all run under the graph's shard lock.
+  class Transition;
+
+  const StoreOptions options_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+
+  // Held across an insert that carries a request_id, so two concurrent
+  // submits with the same request_id create one graph. Taken before a shard
+  // lock, never after.
+  absl::Mutex requests_mu_;
+  absl::flat_hash_map<std::string, RequestEntry> requests_
+      ABSL_GUARDED_BY(requests_mu_);
+
+  std::atomic<uint64_t> next_ready_seq_{1};
+  std::atomic<uint64_t> next_epoch_{1};
+  std::atomic<int64_t> graph_count_{0};
+};
+
+}  // namespace forge::store
