@@ -20,7 +20,7 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
   s->engine_ = std::make_unique<Engine>(options.engine, clock, s->timers_.get(),
                                         s->bus_.get());
   s->orchestrator_ = std::make_unique<api::OrchestratorService>(
-      s->engine_.get(), s->timers_.get());
+      s->engine_.get(), s->timers_.get(), options.watch);
   s->workers_ = std::make_unique<api::WorkerServiceImpl>(s->engine_.get());
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/clock.h"
+#include "server/api/orchestrator_service.h"
 #include "server/engine/engine.h"
 #include "server/events/event_bus.h"
 #include "server/sched/timer_service.h"
@@ -20,7 +21,6 @@ class Server;
 namespace forge {
 
 namespace api {
-class OrchestratorService;
 class WorkerServiceImpl;
 }  // namespace api
 
@@ -29,6 +29,7 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:7070";
   EngineOptions engine;
   events::BusOptions bus;
+  api::WatchOptions watch;
   // Largest gRPC message accepted or sent (a 1,000,000-task graph is ~40 MB).
   int max_message_bytes = 256 << 20;
 };

@@ -53,24 +53,29 @@ class Notifier {
     }
     Frame frame{this, tls_top_};
     tls_top_ = &frame;
-    fn_();  // concurrent calls are allowed by contract; fn_ is never reassigned
+    fn_();  // concurrent calls are allowed by contract
     tls_top_ = frame.prev;
     absl::MutexLock lock(&mu_);
     --in_flight_;
   }
 
   // After it returns no call runs except the ones on this thread's stack.
+  // Destroys the callback (breaking any reference cycle through it) unless
+  // it is running on this thread.
   void Close() ABSL_LOCKS_EXCLUDED(mu_) {
     int own = 0;
     for (const Frame* f = tls_top_; f != nullptr; f = f->prev) {
       if (f->notifier == this) ++own;
     }
+    absl::AnyInvocable<void()> fn;  // destroyed after the unlock
     absl::MutexLock lock(&mu_);
     closed_ = true;
     auto done = [this, own]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return in_flight_ <= own;
     };
-    (void)done;
+    mu_.Await(absl::Condition(&done));
+    // Closed and idle: no Notify() touches fn_ any more.
+    if (own == 0) fn = std::move(fn_);
   }
 
  private:
@@ -84,7 +89,8 @@ class Notifier {
   absl::Mutex mu_;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  // Set once at construction, invoked outside mu_ (possibly concurrently).
+  // Invoked outside mu_ (possibly concurrently) by calls counted in
+  // in_flight_; moved out only by Close() once closed_ and no call runs.
   absl::AnyInvocable<void()> fn_;
 };
 

@@ -177,7 +177,9 @@ class Subscription {
   // own notify callback cannot wait for that very call (it returns once the
   // calls on other threads are done). Close() waits for notify calls running
   // on other threads, so it must not be called while holding a lock that the
-  // notify callback takes. Idempotent.
+  // notify callback takes. Close() also destroys the notify callable (so a
+  // callable that holds its consumer breaks no cycle), except when called
+  // from inside it: it then goes with the subscription. Idempotent.
   virtual void Close() = 0;
 };
 

@@ -53,6 +53,8 @@ std::string FieldPath(int task, absl::string_view field) {
   return absl::StrCat("tasks[", task, "].", field);
 }
 
+// Client text (a dependency name, a map key) quoted for a message: escaped
+// and cut at kMaxQuotedBytes.
 std::string Quote(absl::string_view s) {
   std::string out =
       absl::StrCat("\"", absl::CHexEscape(s.substr(0, kMaxQuotedBytes)));
@@ -183,6 +185,8 @@ absl::Status CheckTask(int i, const TaskSpec& t, const Limits& limits) {
     return Invalid(FieldPath(i, "name"), ": a task needs a name");
   RETURN_IF_ERROR(CheckName(i, "name", t.name(), limits));
   RETURN_IF_ERROR(CheckName(i, "queue", t.queue(), limits));  // "" = default
+  // Counted as sent, before deduplication: the bound is on the work a
+  // client can make us do.
   if (t.depends_on_size() > limits.max_dependencies) {
     return TooMany(i, "depends_on", t.depends_on_size(), "dependencies",
                    limits.max_dependencies);

@@ -128,12 +128,11 @@ bool TimerService::TakeDueLocked(absl::Time now,
 
 void TimerService::MaybeCompactLocked() {
   if (heap_.size() < 64 || heap_.size() <= 2 * callbacks_.size()) return;
-  const auto& live = callbacks_;
-  heap_.erase(std::remove_if(heap_.begin(), heap_.end(),
-                             [&live](const HeapEntry& e) {
-                               return !live.contains(e.id);
-                             }),
-              heap_.end());
+  size_t kept = 0;
+  for (const HeapEntry& e : heap_) {
+    if (callbacks_.contains(e.id)) heap_[kept++] = e;
+  }
+  heap_.resize(kept);
   std::make_heap(heap_.begin(), heap_.end(), &TimerService::Later);
 }
 

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# python_client_and_worker: forged + the Python example worker and client
+# (client/python/). Usage:
+#   PYTHONPATH=<build>/python python_test.sh FORGED CLIENT.py WORKER.py [PYTHON3]
+set -euo pipefail
+
+FORGED=$1
+CLIENT=$2
+WORKER=$3
+PY=${4:-python3}
+
+tmp=$(mktemp -d)
+forged_pid=""
+worker_pid=""
+cleanup() {
+  for pid in $worker_pid $forged_pid; do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  for f in "$tmp"/*.log "$tmp"/*.out "$tmp"/*.err; do
+    [[ -f $f ]] && { echo "--- $f" >&2; cat "$f" >&2; }
+  done
+  exit 1
+}
+
+# wait_for_line FILE REGEX PID WHAT: up to ~10 s for REGEX to appear in FILE
+# while PID is alive.
+wait_for_line() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    grep -Eq "$2" "$1" && return 0
+    kill -0 "$3" 2>/dev/null || fail "$4 exited before it was ready"
+    sleep 0.1
+  done
+  fail "$4 not ready within 10 s"
+}
+
+# wait_exit PID WHAT: up to ~5 s for PID to exit; sets exit_rc.
+wait_exit() {
+  local i
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$1" 2>/dev/null && fail "$2 still running 5 s after SIGTERM"
+  exit_rc=0
+  wait "$1" || exit_rc=$?
+}
+
+client() { "$PY" "$CLIENT" --server "$server" "$@"; }
+
+# --- forged on a free port --------------------------------------------------
+"$FORGED" --listen 127.0.0.1:0 --ephemeral 2>"$tmp/forged.log" &
+forged_pid=$!
+wait_for_line "$tmp/forged.log" '^forged: listening on ' "$forged_pid" forged
+port=$(sed -n 's/^forged: listening on [^ ]*:\([0-9][0-9]*\) .*/\1/p' "$tmp/forged.log")
+[[ -n $port ]] || fail "no port in forged's listening line"
+server=127.0.0.1:$port
+
+# --- the Python worker ------------------------------------------------------
+"$PY" "$WORKER" --server "$server" --queue polyglot-py --queue other \
+  --slots 2 --name pyworker 2>"$tmp/worker.log" &
+worker_pid=$!
+wait_for_line "$tmp/worker.log" '^forge_worker: connected as pyworker' \
+  "$worker_pid" forge_worker
+
+# --- a diamond graph: a; b, c after a; d after b and c ----------------------
+cat >"$tmp/diamond.json" <<'EOF'
+{
+  "name": "py-diamond",
+  "labels": {"suite": "polyglot"},
+  "tasks": [
+    {"name": "a", "queue": "polyglot-py", "input": "aGVsbG8="},
+    {"name": "b", "queue": "polyglot-py", "depends_on": ["a"]},
+    {"name": "c", "queue": "polyglot-py", "depends_on": ["a"]},
+    {"name": "d", "queue": "polyglot-py", "depends_on": ["b", "c"]}
+  ]
+}
+EOF
+rc=0
+client submit "$tmp/diamond.json" --wait >"$tmp/diamond.out" 2>"$tmp/diamond.err" || rc=$?
+[[ $rc -eq 0 ]] || fail "submit --wait of the diamond exited $rc"
+graph_id=$(sed -n 1p "$tmp/diamond.out")
+[[ $graph_id =~ ^[0-9A-Z]{26}$ ]] || fail "first line is not a graph id: '$graph_id'"
+[[ $(sed -n 2p "$tmp/diamond.out") == SUCCEEDED ]] || fail "diamond did not print SUCCEEDED"
+
+# Watch with replay: every event from seq 1, then the stream ends (terminal).
+rc=0
+timeout 10 "$PY" "$CLIENT" --server "$server" watch "$graph_id" \
+  >"$tmp/watch.out" 2>"$tmp/watch.err" || rc=$?
+[[ $rc -eq 0 ]] || fail "watch exited $rc"
+for task in a b c d; do
+  for type in TASK_READY TASK_STARTED TASK_SUCCEEDED; do
+    grep -Eq "^seq=[0-9]+ $type task=$task " "$tmp/watch.out" ||
+      fail "watch shows no $type for task $task"
+  done
+done
+grep -Eq "^seq=[0-9]+ TASK_STARTED task=a attempt=1 worker=pyworker" "$tmp/watch.out" ||
+  fail "TASK_STARTED of a does not name the Python worker"
+grep -Eq "^seq=[0-9]+ GRAPH_SUCCEEDED" "$tmp/watch.out" || fail "no GRAPH_SUCCEEDED"
+
+# get: d's attempt 1 ran on the Python worker; outputs are the echoes.
+client get "$graph_id" >"$tmp/get.out" 2>"$tmp/get.err" || fail "get failed"
+"$PY" - "$tmp/get.out" <<'EOF' || fail "get output is not as expected"
+import base64, json, sys
+graph = json.load(open(sys.argv[1]))
+assert graph["state"] == "GRAPH_STATE_SUCCEEDED", graph["state"]
+tasks = {t["spec"]["name"]: t for t in graph["tasks"]}
+first = tasks["d"]["attempts"][0]
+assert first["number"] == 1, first
+assert first["worker_id"].startswith("pyworker"), first
+for name, want in (("a", b"hello"), ("d", b"d")):
+    got = base64.b64decode(tasks[name].get("output", ""))
+    assert got == want, (name, got)
+EOF
+
+# --- a failing task with no retry: exit 1 -----------------------------------
+cat >"$tmp/fail.json" <<'EOF'
+{"name": "py-fail", "tasks": [
+  {"name": "boom", "queue": "polyglot-py", "params": {"fail": "true"},
+   "retry": {"max_attempts": 1}}]}
+EOF
+rc=0
+client submit "$tmp/fail.json" --wait >"$tmp/fail.out" 2>"$tmp/fail.err" || rc=$?
+[[ $rc -eq 1 ]] || fail "submit --wait of a failing graph exited $rc, want 1"
+[[ $(sed -n 2p "$tmp/fail.out") == FAILED ]] || fail "failing graph did not print FAILED"
+grep -q INJECTED "$tmp/fail.err" || fail "the INJECTED error is not reported"
+
+# --- a cycle: INVALID_ARGUMENT naming the cycle, exit 2 ---------------------
+cat >"$tmp/cycle.json" <<'EOF'
+{"name": "py-cycle", "tasks": [
+  {"name": "x", "queue": "polyglot-py", "depends_on": ["y"]},
+  {"name": "y", "queue": "polyglot-py", "depends_on": ["x"]}]}
+EOF
+rc=0
+client submit "$tmp/cycle.json" >"$tmp/cycle.out" 2>"$tmp/cycle.err" || rc=$?
+[[ $rc -eq 2 ]] || fail "submit of a cyclic graph exited $rc, want 2"
+grep -q '^forge_client: INVALID_ARGUMENT: ' "$tmp/cycle.err" || fail "no INVALID_ARGUMENT"
+grep -q cycle "$tmp/cycle.err" || fail "the error does not mention the cycle"
+
+# --- usage error: exit 2 ----------------------------------------------------
+rc=0
+client submit >/dev/null 2>&1 || rc=$?
+[[ $rc -eq 2 ]] || fail "usage error exited $rc, want 2"
+
+# --- SIGTERM: the worker exits 0, then forged stops -------------------------
+kill -TERM "$worker_pid"
+wait_exit "$worker_pid" forge_worker
+worker_pid=""
+[[ $exit_rc -eq 0 ]] || fail "forge_worker exited $exit_rc on SIGTERM, want 0"
+kill -TERM "$forged_pid"
+wait_exit "$forged_pid" forged
+forged_pid=""
+[[ $exit_rc -eq 0 ]] || fail "forged exited $exit_rc on SIGTERM"
+
+echo "python_client_and_worker: ok (${SECONDS}s)"
