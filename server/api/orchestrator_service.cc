@@ -224,6 +224,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
           engine.GetGraph(gw.graph_id(), v1::FULL);
       if (!snap.ok()) return snap.status();
       after = snap->last_seq();
+      absl::MutexLock lock(&mu_);
       *pending_.mutable_snapshot() = *std::move(snap);
       has_pending_ = true;
     }

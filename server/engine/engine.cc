@@ -9,7 +9,6 @@
 
 namespace forge {
 
-namespace v1 = ::forge::v1;
 
 Engine::Engine(EngineOptions options, Clock* clock, TimerService* timers,
                events::EventBus* bus)

@@ -23,7 +23,7 @@ struct Shared {
 
   static uint64_t RandomEpoch() {
     std::random_device rd;
-    uint64_t e = (uint64_t{rd()} << 32) ^ uint64_t{rd()};
+    uint64_t e = (uint64_t{rd()} << 32) ^ uint64_t { rd() };
     return e == 0 ? 1 : e;
   }
 
@@ -57,6 +57,7 @@ class Notifier {
     tls_top_ = frame.prev;
     absl::MutexLock lock(&mu_);
     --in_flight_;
+    if (closed_) idle_.SignalAll();  // only Close() waits
   }
 
   // After it returns no call runs except the ones on this thread's stack.
@@ -70,10 +71,9 @@ class Notifier {
     absl::AnyInvocable<void()> fn;  // destroyed after the unlock
     absl::MutexLock lock(&mu_);
     closed_ = true;
-    auto done = [this, own]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return in_flight_ <= own;
-    };
-    mu_.Await(absl::Condition(&done));
+    // A CondVar rather than Await(Condition): the TSan build's absl::Mutex
+    // shim cannot see conditions evaluated inside Mutex::Unlock.
+    while (in_flight_ > own) idle_.Wait(&mu_);
     // Closed and idle: no Notify() touches fn_ any more.
     if (own == 0) fn = std::move(fn_);
   }
@@ -89,6 +89,7 @@ class Notifier {
   absl::Mutex mu_;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::CondVar idle_;  // signalled when in_flight_ drops while closing
   // Invoked outside mu_ (possibly concurrently) by calls counted in
   // in_flight_; moved out only by Close() once closed_ and no call runs.
   absl::AnyInvocable<void()> fn_;
@@ -137,10 +138,12 @@ struct GraphLog {
   int64_t EndLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return terminal_seq > 0 ? std::min(terminal_seq, watermark) : watermark;
   }
-  bool EndedLocked(const GraphCursor& c) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  bool EndedLocked(const GraphCursor& c) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return terminal_seq > 0 && c.pos >= terminal_seq;
   }
-  int64_t LagLocked(const GraphCursor& c) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  int64_t LagLocked(const GraphCursor& c) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (EndedLocked(c)) return 0;
     return std::max<int64_t>(0, EndLocked() - std::max(c.pos, c.base));
   }
@@ -199,7 +202,8 @@ bool Matches(const GlobalFilter& f, const RingEntry& e) {
 }
 
 struct GlobalLog {
-  explicit GlobalLog(size_t cap) : capacity(static_cast<int64_t>(std::max<size_t>(cap, 1))) {}
+  explicit GlobalLog(size_t cap)
+      : capacity(static_cast<int64_t>(std::max<size_t>(cap, 1))) {}
 
   const int64_t capacity;
 
@@ -213,15 +217,15 @@ struct GlobalLog {
   int64_t OldestLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return std::max<int64_t>(1, head - capacity + 1);
   }
-  const RingEntry& AtLocked(int64_t pos) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  const RingEntry& AtLocked(int64_t pos) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return ring[static_cast<size_t>((pos - 1) % capacity)];
   }
 
   // Appends entries, updates every cursor, and collects whom to notify.
   void AppendLocked(const std::vector<EventPtr>& events,
-                    const std::shared_ptr<const Labels>& labels,
-                    Shared& shared, Notifications* notify)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+                    const std::shared_ptr<const Labels>& labels, Shared& shared,
+                    Notifications* notify) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     const int64_t old_head = head;
     for (const EventPtr& e : events) {
       ++head;
@@ -327,10 +331,10 @@ class GraphSubscription final : public Subscription {
         return batch;
       }
       if (c.overflowed) {
-        batch.error = absl::ResourceExhaustedError(absl::StrCat(
-            "watcher of graph ", log_->id, " fell more than ",
-            shared_->options.max_subscriber_lag,
-            " events behind; resume after_seq=", c.pos));
+        batch.error = absl::ResourceExhaustedError(
+            absl::StrCat("watcher of graph ", log_->id, " fell more than ",
+                         shared_->options.max_subscriber_lag,
+                         " events behind; resume after_seq=", c.pos));
         return batch;
       }
       if (log_->state == GraphLog::State::kDropped) {
@@ -416,7 +420,8 @@ class GlobalSubscription final : public Subscription {
       if (c.lost) {
         batch.error = absl::OutOfRangeError(absl::StrCat(
             "the global event stream overwrote this watcher's position "
-            "(capacity ", g.capacity, " events); re-list and watch again"));
+            "(capacity ",
+            g.capacity, " events); re-list and watch again"));
         return batch;
       }
       if (c.overflowed) {
@@ -490,7 +495,8 @@ EventBus::EventBus(BusOptions options)
 
 EventBus::~EventBus() = default;
 
-std::shared_ptr<GraphLog> EventBus::FindGraph(const std::string& graph_id) const {
+std::shared_ptr<GraphLog> EventBus::FindGraph(
+    const std::string& graph_id) const {
   absl::ReaderMutexLock lock(&graphs_mu_);
   auto it = graphs_.find(graph_id);
   return it == graphs_.end() ? nullptr : it->second;
@@ -539,7 +545,8 @@ absl::Status EventBus::Publish(const std::string& graph_id,
   {
     absl::MutexLock lock(&log->mu);
     if (log->state == GraphLog::State::kDropped) {
-      return absl::NotFoundError(absl::StrCat("graph ", graph_id, " was dropped"));
+      return absl::NotFoundError(
+          absl::StrCat("graph ", graph_id, " was dropped"));
     }
     if (log->state == GraphLog::State::kBroken) {
       return absl::DataLossError(
@@ -553,7 +560,8 @@ absl::Status EventBus::Publish(const std::string& graph_id,
       }
     }
     if (duplicates > 0) {
-      shared_->events_duplicate.fetch_add(duplicates, std::memory_order_relaxed);
+      shared_->events_duplicate.fetch_add(duplicates,
+                                          std::memory_order_relaxed);
     }
 
     // Make the contiguous prefix visible.
@@ -580,10 +588,10 @@ absl::Status EventBus::Publish(const std::string& graph_id,
       log->reorder.clear();
       log->state = GraphLog::State::kBroken;
       for (auto& [id, c] : log->cursors) notify.push_back(c.notifier);
-      result = absl::DataLossError(absl::StrCat(
-          "event log of graph ", graph_id, " buffered more than ",
-          opts.max_reorder_per_graph, " events waiting for seq ",
-          log->watermark + 1, "; log marked broken"));
+      result = absl::DataLossError(
+          absl::StrCat("event log of graph ", graph_id, " buffered more than ",
+                       opts.max_reorder_per_graph, " events waiting for seq ",
+                       log->watermark + 1, "; log marked broken"));
     }
 
     if (!visible.empty()) {
@@ -594,8 +602,7 @@ absl::Status EventBus::Publish(const std::string& graph_id,
         if (!broken && c.pos >= old_wm && c.pos < end) {
           notify.push_back(c.notifier);  // was caught up, now has something
         }
-        if (log->LagLocked(c) >
-            static_cast<int64_t>(opts.max_subscriber_lag)) {
+        if (log->LagLocked(c) > static_cast<int64_t>(opts.max_subscriber_lag)) {
           c.overflowed = true;
           shared_->subscribers_cut_off.fetch_add(1, std::memory_order_relaxed);
           notify.push_back(c.notifier);
@@ -607,7 +614,8 @@ absl::Status EventBus::Publish(const std::string& graph_id,
     }
   }
   if (made_visible > 0) {
-    shared_->events_published.fetch_add(made_visible, std::memory_order_relaxed);
+    shared_->events_published.fetch_add(made_visible,
+                                        std::memory_order_relaxed);
   }
   internal::NotifyAll(notify);
   return result;
@@ -680,8 +688,9 @@ absl::StatusOr<std::shared_ptr<Subscription>> EventBus::SubscribeGraph(
     log->cursors.emplace(id, std::move(c));
   }
   shared_->subscribers.fetch_add(1, std::memory_order_relaxed);
-  return std::shared_ptr<Subscription>(std::make_shared<internal::GraphSubscription>(
-      shared_, std::move(log), id, std::move(notifier)));
+  return std::shared_ptr<Subscription>(
+      std::make_shared<internal::GraphSubscription>(shared_, std::move(log), id,
+                                                    std::move(notifier)));
 }
 
 absl::StatusOr<std::shared_ptr<Subscription>> EventBus::SubscribeAll(
@@ -710,9 +719,9 @@ absl::StatusOr<std::shared_ptr<Subscription>> EventBus::SubscribeAll(
       return absl::InvalidArgumentError(
           "resume token is ahead of the event stream");
     } else if (pos + 1 < global_->OldestLocked()) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "resume token is too old (the stream keeps the last ",
-          global_->capacity, " events); re-list and watch again"));
+      return absl::OutOfRangeError(
+          absl::StrCat("resume token is too old (the stream keeps the last ",
+                       global_->capacity, " events); re-list and watch again"));
     }
     internal::GlobalCursor c;
     c.filter = std::move(filter);
@@ -723,8 +732,8 @@ absl::StatusOr<std::shared_ptr<Subscription>> EventBus::SubscribeAll(
   }
   shared_->subscribers.fetch_add(1, std::memory_order_relaxed);
   return std::shared_ptr<Subscription>(
-      std::make_shared<internal::GlobalSubscription>(
-          shared_, global_, id, std::move(notifier)));
+      std::make_shared<internal::GlobalSubscription>(shared_, global_, id,
+                                                     std::move(notifier)));
 }
 
 std::string EventBus::CurrentResumeToken() const {

@@ -151,7 +151,8 @@ class Subscription {
     // nothing more will come.
     bool end = false;
     // Not OK: the subscription is over (events is then empty).
-    //   RESOURCE_EXHAUSTED  cut off as too slow; message "... resume after_seq=N"
+    //   RESOURCE_EXHAUSTED  cut off as too slow; message "... resume
+    //   after_seq=N"
     //                       or "... resume token=T".
     //   OUT_OF_RANGE        the global ring overwrote its position; re-list.
     //   NOT_FOUND           its graph was dropped.
@@ -227,7 +228,9 @@ class EventBus {
 
   // Subscribes to the global stream after `resume_token` (empty = from now).
   // OUT_OF_RANGE for a token of another instance or one the ring overwrote,
-  // INVALID_ARGUMENT for an unparsable one.
+  // INVALID_ARGUMENT for an unparsable one or one ahead of the stream.
+  // For both Subscribe calls the caller makes the first Next() itself (to
+  // drain the backlog); notify signals only what becomes visible later.
   absl::StatusOr<std::shared_ptr<Subscription>> SubscribeAll(
       const std::string& resume_token, GlobalFilter filter,
       absl::AnyInvocable<void()> notify);
@@ -236,16 +239,16 @@ class EventBus {
   std::string CurrentResumeToken() const;
 
   // Counters for the metrics module (monotonic unless noted).
-  uint64_t events_published() const;    // made visible (graph + global)
-  uint64_t events_duplicate() const;    // ignored as duplicates
-  uint64_t events_discarded() const;    // dropped by reorder overflow
-  uint64_t reorder_overflows() const;   // graph logs declared broken
-  int64_t subscribers() const;          // current (a gauge)
-  uint64_t subscribers_cut_off() const; // overflowed or position overwritten
+  uint64_t events_published() const;     // made visible (graph + global)
+  uint64_t events_duplicate() const;     // ignored as duplicates
+  uint64_t events_discarded() const;     // dropped by reorder overflow
+  uint64_t reorder_overflows() const;    // graph logs declared broken
+  int64_t subscribers() const;           // current (a gauge)
+  uint64_t subscribers_cut_off() const;  // overflowed or position overwritten
 
  private:
-  std::shared_ptr<internal::GraphLog> FindGraph(const std::string& graph_id)
-      const ABSL_LOCKS_EXCLUDED(graphs_mu_);
+  std::shared_ptr<internal::GraphLog> FindGraph(
+      const std::string& graph_id) const ABSL_LOCKS_EXCLUDED(graphs_mu_);
 
   const std::shared_ptr<internal::Shared> shared_;
   const std::shared_ptr<internal::GlobalLog> global_;

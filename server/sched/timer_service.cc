@@ -22,8 +22,8 @@ TimerService::TimerId TimerService::Schedule(absl::Time when,
   callbacks_.emplace(id, std::move(fn));
   heap_.push_back(HeapEntry{when, id});
   std::push_heap(heap_.begin(), heap_.end(), &TimerService::Later);
-  // No signal: releasing mu_ re-evaluates the thread's wake-up condition,
-  // which holds if this timer is earlier than the one it sleeps for.
+  // The new earliest timer: the thread must re-arm its wait.
+  if (heap_.front().id == id) wake_.Signal();
   return id;
 }
 
@@ -51,6 +51,7 @@ void TimerService::Shutdown() {
     shutdown_ = true;
     dropped.swap(callbacks_);
     heap_.clear();
+    wake_.SignalAll();
   }
   // From a callback (a misuse) the thread cannot join itself; it leaves its
   // loop once the callback returns and a later Shutdown() joins it.
@@ -87,23 +88,17 @@ void TimerService::Loop() {
       mu_.Lock();
       continue;
     }
-    const absl::Condition wake(this, &TimerService::ShouldWakeLocked);
+    // Woken by Schedule() (a new earliest timer), Shutdown(), or the
+    // deadline; any wake-up (spurious ones included) re-examines the heap.
     if (heap_.empty()) {
-      waiting_for_ = absl::InfiniteFuture();
-      mu_.Await(wake);
+      wake_.Wait(&mu_);
     } else {
       // The clock's time is turned into real time: exact for the real clock.
       const absl::Time when = heap_.front().when;
-      waiting_for_ = when;
-      mu_.AwaitWithDeadline(wake, absl::Now() + (when - clock_->Now()));
+      wake_.WaitWithDeadline(&mu_, absl::Now() + (when - clock_->Now()));
     }
-    waiting_for_ = absl::InfiniteFuture();
   }
   mu_.Unlock();
-}
-
-bool TimerService::ShouldWakeLocked() const {
-  return shutdown_ || (!heap_.empty() && heap_.front().when < waiting_for_);
 }
 
 void TimerService::SkipCancelledLocked() {

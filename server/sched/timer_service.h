@@ -2,10 +2,11 @@
 // schedule-to-start timeouts, lease expiry, retention).
 //
 // Schedule() registers a callback to run at or after a deadline of the
-// service's Clock; the thread waits on absl::Mutex::AwaitWithDeadline until
-// the earliest deadline or until an earlier timer is scheduled (the wait's
-// condition is re-evaluated whenever the service's mutex is released), so it
-// wakes exactly when needed and never polls.
+// service's Clock; the thread waits on absl::CondVar::WaitWithDeadline until
+// the earliest deadline, and Schedule() signals it when the new timer is the
+// earliest one, so it wakes exactly when needed and never polls. (A CondVar
+// rather than Mutex::Await(Condition): the TSan build's absl::Mutex shim
+// cannot see conditions evaluated inside Mutex::Unlock.)
 //
 // Callbacks run one at a time on the timer thread, in deadline order (ties in
 // scheduling order), with no lock of the service held: a callback may call
@@ -106,8 +107,6 @@ class TimerService {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Rebuilds the heap without cancelled entries when they dominate it.
   void MaybeCompactLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The thread's wake-up condition while it waits for `waiting_for_`.
-  bool ShouldWakeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Clock* const clock_;
 
@@ -119,11 +118,11 @@ class TimerService {
   std::vector<HeapEntry> heap_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<TimerId, absl::AnyInvocable<void()>> callbacks_
       ABSL_GUARDED_BY(mu_);
-  // Deadline the thread is sleeping until (InfiniteFuture() when idle).
-  absl::Time waiting_for_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Signalled (with mu_ held) for a new earliest timer and for Shutdown().
+  absl::CondVar wake_;
 
   absl::Mutex join_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Shutdown()
-  std::thread thread_ ABSL_GUARDED_BY(join_mu_);  // set by the constructor
+  std::thread thread_ ABSL_GUARDED_BY(join_mu_);   // set by the constructor
 };
 
 }  // namespace forge

@@ -28,7 +28,34 @@ Fn Real(const char* mangled) {
 #define FORGE_REAL(type, mangled)                   \
   static const auto real = Real<type>(mangled)
 
+// absl evaluates a waiter's Condition with the mutex held, inside the real
+// Await/LockWhen (on the waiter's or on the unlocker's thread). The wrapper
+// tells TSan that the evaluation happens under the lock.
+struct Wrapped {
+  const absl::Condition* cond;
+  absl::Mutex* mu;
+};
+
+bool EvalWrapped(void* arg) {
+  const Wrapped* w = static_cast<const Wrapped*>(arg);
+  __tsan_acquire(w->mu);
+  const bool r = w->cond->Eval();
+  __tsan_release(w->mu);
+  return r;
+}
+
+// absl's own deadlock detector keeps its graph behind uninstrumented
+// spinlocks; TSan builds rely on TSan and clang's lock analysis instead.
+const bool kNoAbslDeadlockGraph = [] {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  return true;
+}();
+
 }  // namespace
+
+#define FORGE_WRAP(cond)         \
+  Wrapped wrapped{&(cond), this}; \
+  const absl::Condition wrapped_cond(&EvalWrapped, &wrapped)
 
 namespace absl {
 ABSL_NAMESPACE_BEGIN
@@ -74,14 +101,16 @@ bool Mutex::ReaderTryLock() {
 void Mutex::LockWhen(const Condition& cond) {
   FORGE_REAL(void (*)(Mutex*, const Condition&),
              "_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  FORGE_WRAP(cond);
+  real(this, wrapped_cond);
   __tsan_acquire(this);
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) {
   FORGE_REAL(void (*)(Mutex*, const Condition&),
              "_ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  FORGE_WRAP(cond);
+  real(this, wrapped_cond);
   __tsan_acquire(this);
 }
 
@@ -89,7 +118,8 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond, absl::Duration t) {
   FORGE_REAL(bool (*)(Mutex*, const Condition&, absl::Duration),
              "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_"
              "8DurationE");
-  const bool r = real(this, cond, t);
+  FORGE_WRAP(cond);
+  const bool r = real(this, wrapped_cond, t);
   __tsan_acquire(this);
   return r;
 }
@@ -98,7 +128,8 @@ bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time d) {
   FORGE_REAL(bool (*)(Mutex*, const Condition&, absl::Time),
              "_ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_"
              "4TimeE");
-  const bool r = real(this, cond, d);
+  FORGE_WRAP(cond);
+  const bool r = real(this, wrapped_cond, d);
   __tsan_acquire(this);
   return r;
 }
@@ -106,8 +137,9 @@ bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time d) {
 void Mutex::Await(const Condition& cond) {
   FORGE_REAL(void (*)(Mutex*, const Condition&),
              "_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
+  FORGE_WRAP(cond);
   __tsan_release(this);
-  real(this, cond);
+  real(this, wrapped_cond);
   __tsan_acquire(this);
 }
 
@@ -115,8 +147,9 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration t) {
   FORGE_REAL(bool (*)(Mutex*, const Condition&, absl::Duration),
              "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_"
              "8DurationE");
+  FORGE_WRAP(cond);
   __tsan_release(this);
-  const bool r = real(this, cond, t);
+  const bool r = real(this, wrapped_cond, t);
   __tsan_acquire(this);
   return r;
 }
@@ -125,8 +158,9 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time d) {
   FORGE_REAL(bool (*)(Mutex*, const Condition&, absl::Time),
              "_ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_"
              "4TimeE");
+  FORGE_WRAP(cond);
   __tsan_release(this);
-  const bool r = real(this, cond, d);
+  const bool r = real(this, wrapped_cond, d);
   __tsan_acquire(this);
   return r;
 }
