@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/proto_time.h"
+#include "common/tsan.h"
 #include "server/api/status.h"
 
 namespace forge::api {
@@ -17,6 +18,7 @@ namespace {
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
                                     const absl::Status& s) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  FORGE_TSAN_HANDOFF(reactor);
   reactor->Finish(ToGrpc(s));
   return reactor;
 }
@@ -71,10 +73,12 @@ class WaitReactor final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override {
+    FORGE_TSAN_RECEIVE(this);
     Complete(state_, absl::CancelledError("call cancelled"));
   }
 
   void OnDone() override {
+    FORGE_TSAN_RECEIVE(this);
     {
       absl::MutexLock lock(&state_->mu);
       state_->done = true;
@@ -107,6 +111,7 @@ class WaitReactor final : public grpc::ServerUnaryReactor {
     }
     // Finish is called once, outside the lock; the reactor lives until
     // OnDone, which cannot run before Finish.
+    FORGE_TSAN_HANDOFF(reactor);
     reactor->Finish(ToGrpc(graph.status()));
   }
 
@@ -134,6 +139,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
         absl::MutexLock lock(&mu_);
         finished_ = true;
       }
+      FORGE_TSAN_HANDOFF(this);
       Finish(ToGrpc(s));
       return;
     }
@@ -145,6 +151,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
   }
 
   void OnWriteDone(bool ok) override {
+    FORGE_TSAN_RECEIVE(this);
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
@@ -155,6 +162,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
       }
     }
     if (!ok) {
+      FORGE_TSAN_HANDOFF(this);
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client gone"));
       return;
     }
@@ -162,6 +170,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
   }
 
   void OnCancel() override {
+    FORGE_TSAN_RECEIVE(this);
     bool finish = false;
     {
       absl::MutexLock lock(&mu_);
@@ -171,10 +180,14 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
       }
       cancelled_ = true;
     }
-    if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    if (finish) {
+      FORGE_TSAN_HANDOFF(this);
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    }
   }
 
   void OnDone() override {
+    FORGE_TSAN_RECEIVE(this);
     // Close waits for a notify running on another thread; no lock is held.
     if (sub_) sub_->Close();
     {
@@ -282,13 +295,16 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
       case kNothing:
         return;
       case kWrite:
+        FORGE_TSAN_HANDOFF(this);
         StartWrite(&writing_msg_);
         return;
       case kWriteAndFinish:
+        FORGE_TSAN_HANDOFF(this);
         StartWriteAndFinish(&writing_msg_, grpc::WriteOptions(),
                             grpc::Status::OK);
         return;
       case kFinish:
+        FORGE_TSAN_HANDOFF(this);
         Finish(status);
         return;
       case kCancelLater: {
@@ -341,6 +357,7 @@ grpc::ServerUnaryReactor* OrchestratorService::SubmitGraph(
   engine_.Submit(*request, [reactor, response](
                                absl::StatusOr<v1::SubmitGraphResponse> r) {
     if (r.ok()) *response = *std::move(r);
+    FORGE_TSAN_HANDOFF(reactor);
     reactor->Finish(ToGrpc(r.status()));
   });
   return reactor;
@@ -389,6 +406,7 @@ grpc::ServerUnaryReactor* OrchestratorService::CancelGraph(
   engine_.CancelGraph(*request, [reactor, response](
                                     absl::StatusOr<v1::CancelGraphResponse> r) {
     if (r.ok()) *response = *std::move(r);
+    FORGE_TSAN_HANDOFF(reactor);
     reactor->Finish(ToGrpc(r.status()));
   });
   return reactor;
@@ -401,6 +419,7 @@ grpc::ServerUnaryReactor* OrchestratorService::CancelTask(
   engine_.CancelTask(*request, [reactor, response](
                                    absl::StatusOr<v1::CancelTaskResponse> r) {
     if (r.ok()) *response = *std::move(r);
+    FORGE_TSAN_HANDOFF(reactor);
     reactor->Finish(ToGrpc(r.status()));
   });
   return reactor;

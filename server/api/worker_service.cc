@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/tsan.h"
 #include "server/api/status.h"
 
 namespace forge::api {
@@ -88,10 +89,12 @@ class Reactor final
  public:
   Reactor(Engine& engine, const WorkerServiceOptions& options, uint64_t serial)
       : engine_(engine), options_(options), serial_(serial) {
+    FORGE_TSAN_HANDOFF(this);
     StartRead(&in_);
   }
 
   void OnReadDone(bool ok) override {
+    FORGE_TSAN_RECEIVE(this);
     if (!ok) {
       End(grpc::Status::OK);
       return;
@@ -106,11 +109,14 @@ class Reactor final
       Handle(in_);
     }
     in_.Clear();
+    FORGE_TSAN_HANDOFF(this);
     StartRead(&in_);
   }
 
   void OnWriteDone(bool ok) override {
+    FORGE_TSAN_RECEIVE(this);
     if (std::optional<grpc::Status> finish = session_->WriteDone()) {
+      FORGE_TSAN_HANDOFF(this);
       Finish(*finish);
       return;
     }
@@ -118,16 +124,20 @@ class Reactor final
     if (ok) WriteNext();
   }
 
-  void OnCancel() override {}
+  void OnCancel() override { FORGE_TSAN_RECEIVE(this); }
 
   void OnDone() override {
+    FORGE_TSAN_RECEIVE(this);
     if (session_) session_->Detach();
     delete this;
   }
 
   // Called by the session (no session lock held) when a write can start.
   void WriteNext() {
-    if (session_->TakeOutbox(&out_)) StartWrite(&out_);
+    if (session_->TakeOutbox(&out_)) {
+      FORGE_TSAN_HANDOFF(this);
+      StartWrite(&out_);
+    }
   }
 
   // Ends the stream once: leases are lost, then Finish is called when no
@@ -139,13 +149,17 @@ class Reactor final
       ended_ = true;
     }
     if (!session_) {
+      FORGE_TSAN_HANDOFF(this);
       Finish(status);  // no write was ever started
       return;
     }
     bool finish_now = false;
     std::vector<Engine::HeldLease> held = session_->Close(status, &finish_now);
     engine_.DetachExecutor(session_->id(), std::move(held));
-    if (finish_now) Finish(status);
+    if (finish_now) {
+      FORGE_TSAN_HANDOFF(this);
+      Finish(status);
+    }
   }
 
  private:

@@ -5,6 +5,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "absl/strings/str_format.h"
 #include "common/ids.h"
 #include "common/proto_time.h"
@@ -92,6 +94,20 @@ v1::EventType EventFor(v1::GraphState s) {
     case v1::GRAPH_STATE_CANCELLED: return v1::GRAPH_CANCELLED;
     default: return v1::EVENT_TYPE_UNSPECIFIED;
   }
+}
+
+// A hash of the spec's deterministic serialization: protobuf map order is
+// randomized per map, so plain SerializeAsString differs between two equal
+// specs with maps of two or more entries.
+uint64_t Fingerprint(const v1::GraphSpec& spec) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream out(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    coded.SetSerializationDeterministic(true);
+    spec.SerializeToCodedStream(&coded);
+  }
+  return std::hash<std::string>{}(bytes);
 }
 
 absl::Status StaleLease(const v1::Lease& lease, v1::TaskState state,
@@ -314,8 +330,7 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     result.created = true;
     return result;
   }
-  const uint64_t fingerprint =
-      std::hash<std::string>{}(spec.SerializeAsString());
+  const uint64_t fingerprint = Fingerprint(spec);
   absl::MutexLock lock(&requests_mu_);
   auto it = requests_.find(request_id);
   if (it != requests_.end()) {

@@ -21,7 +21,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "forge/v1/worker.grpc.pb.h"
@@ -55,6 +54,14 @@ v1::GraphSpec OneTask(const std::string& queue = "default") {
   return g;
 }
 
+v1::WorkerMessage HelloMsg(const std::vector<std::string>& queues, int slots) {
+  v1::WorkerMessage m;
+  m.mutable_hello()->set_name("raw");
+  for (const std::string& q : queues) m.mutable_hello()->add_queues(q);
+  m.mutable_hello()->set_slots(slots);
+  return m;
+}
+
 // A raw WorkerService stream (no client library), to send exactly the
 // messages a test needs and see exactly what the server sends. One thread
 // drives it. The call's deadline bounds every blocking read.
@@ -62,8 +69,8 @@ class RawWorker {
  public:
   explicit RawWorker(const std::string& address,
                      absl::Duration deadline = absl::Seconds(10))
-      : stub_(v1::WorkerService::NewStub(grpc::CreateChannel(
-            address, grpc::InsecureChannelCredentials()))) {
+      : stub_(v1::WorkerService::NewStub(
+            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {
     ctx_.set_deadline(In(deadline));
     stream_ = stub_->Connect(&ctx_);
   }
@@ -80,11 +87,7 @@ class RawWorker {
   bool Send(const v1::WorkerMessage& m) { return stream_->Write(m); }
 
   bool Hello(const std::vector<std::string>& queues, int slots) {
-    v1::WorkerMessage m;
-    m.mutable_hello()->set_name("raw");
-    for (const std::string& q : queues) m.mutable_hello()->add_queues(q);
-    m.mutable_hello()->set_slots(slots);
-    return Send(m);
+    return Send(HelloMsg(queues, slots));
   }
 
   bool SendResult(const v1::Lease& lease, bool success,
@@ -138,7 +141,7 @@ class RawWorker {
   // Reads until the server ends the stream and returns its status.
   grpc::Status AwaitEnd() {
     v1::ServerMessage m;
-    while (stream_->Read(&m)) ++messages_after_end_request_;
+    while (stream_->Read(&m)) ++messages_at_end_;
     finished_ = true;
     return stream_->Finish();
   }
@@ -153,12 +156,13 @@ class RawWorker {
   int64_t assignments_seen() const { return assignments_seen_; }
   int64_t max_outstanding() const { return max_outstanding_; }
   size_t held() const { return assignments_.size(); }
-  int messages_after_end_request() const { return messages_after_end_request_; }
+  int messages_at_end() const { return messages_at_end_; }
 
  private:
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::ServerMessage>>
+  std::unique_ptr<
+      grpc::ClientReaderWriter<v1::WorkerMessage, v1::ServerMessage>>
       stream_;
   bool finished_ = false;
   std::string worker_id_;
@@ -167,7 +171,7 @@ class RawWorker {
   int64_t assignments_seen_ = 0;
   int64_t results_sent_ = 0;
   int64_t max_outstanding_ = 0;
-  int messages_after_end_request_ = 0;
+  int messages_at_end_ = 0;
 };
 
 class ApiContractTest : public ForgeTest {
@@ -234,7 +238,7 @@ class ApiContractTest : public ForgeTest {
     if (out != nullptr) *out = resp.task();
     return s;
   }
-  v1::Task GetTaskOrDie(const std::string& id, const std::string& task) {
+  v1::Task FetchTask(const std::string& id, const std::string& task) {
     v1::Task t;
     grpc::Status s = GetTaskStatus(id, task, &t);
     EXPECT_TRUE(s.ok()) << Describe(s);
@@ -249,7 +253,8 @@ class ApiContractTest : public ForgeTest {
     v1::CancelGraphResponse resp;
     return stub().CancelGraph(&ctx, req, &resp);
   }
-  grpc::Status CancelTaskStatus(const std::string& id, const std::string& task) {
+  grpc::Status CancelTaskStatus(const std::string& id,
+                                const std::string& task) {
     grpc::ClientContext ctx;
     ctx.set_deadline(In(absl::Seconds(10)));
     v1::CancelTaskRequest req;
@@ -278,7 +283,7 @@ class ApiContractTest : public ForgeTest {
     if (out != nullptr) *out = resp;
     return s;
   }
-  v1::ListGraphsResponse ListOrDie(const v1::ListGraphsRequest& req) {
+  v1::ListGraphsResponse List(const v1::ListGraphsRequest& req) {
     v1::ListGraphsResponse resp;
     grpc::Status s = ListStatus(req, &resp);
     EXPECT_TRUE(s.ok()) << Describe(s);
@@ -287,13 +292,9 @@ class ApiContractTest : public ForgeTest {
   // A Watch the server must refuse at once: returns its status and checks it
   // sent no message first.
   grpc::Status RefusedWatchStatus(const v1::WatchRequest& req) {
-    return RefusedWatchStatusOn(stub(), req);
-  }
-  static grpc::Status RefusedWatchStatusOn(v1::Orchestrator::Stub& stub,
-                                           const v1::WatchRequest& req) {
     grpc::ClientContext ctx;
     ctx.set_deadline(In(absl::Seconds(5)));
-    auto reader = stub.Watch(&ctx, req);
+    auto reader = stub().Watch(&ctx, req);
     v1::WatchResponse msg;
     int messages = 0;
     while (reader->Read(&msg)) ++messages;
@@ -308,18 +309,11 @@ class ApiContractTest : public ForgeTest {
     RawWorker w(address());
     w.Send(first);  // may fail if the server already ended the stream
     grpc::Status s = w.AwaitEnd();
-    EXPECT_EQ(w.messages_after_end_request(), 0) << "a bad hello was answered";
+    EXPECT_EQ(w.messages_at_end(), 0) << "a bad hello was answered";
     EXPECT_TRUE(server().engine().scheduler().Executors().empty())
         << "a worker with a bad hello was registered";
     ExpectUnchanged(before);
     return s;
-  }
-  static v1::WorkerMessage HelloMsg(std::vector<std::string> queues, int slots) {
-    v1::WorkerMessage m;
-    m.mutable_hello()->set_name("raw");
-    for (const std::string& q : queues) m.mutable_hello()->add_queues(q);
-    m.mutable_hello()->set_slots(slots);
-    return m;
   }
 };
 
@@ -353,16 +347,16 @@ TEST_F(ApiContractTest, DuplicateTaskNamesAreInvalid) {
   AddTask(g, "a");
   AddTask(g, "b");
   AddTask(g, "a");
-  ExpectSpecRefused(g, {"graph.tasks[2].name", "duplicate", "\"a\"",
-                        "tasks[0]"});
+  ExpectSpecRefused(g,
+                    {"graph.tasks[2].name", "duplicate", "\"a\"", "tasks[0]"});
 }
 
 TEST_F(ApiContractTest, UnknownDependencyIsInvalid) {
   v1::GraphSpec g;
   AddTask(g, "a");
   AddTask(g, "b", {"a", "ghost"});
-  ExpectSpecRefused(g, {"graph.tasks[1].depends_on[1]", "unknown task",
-                        "\"ghost\""});
+  ExpectSpecRefused(
+      g, {"graph.tasks[1].depends_on[1]", "unknown task", "\"ghost\""});
 }
 
 TEST_F(ApiContractTest, SelfDependencyIsInvalid) {
@@ -410,8 +404,9 @@ TEST_F(ApiContractTest, TooLongTaskNameIsInvalid) {
 }
 
 TEST_F(ApiContractTest, TaskNameWithBadCharactersIsInvalid) {
-  for (const std::string bad : {"with space", "slash/name", "semi;colon",
-                                std::string("nul\0byte", 8)}) {
+  const std::vector<std::string> bad_names = {
+      "with space", "slash/name", "semi;colon", std::string("nul\0byte", 8)};
+  for (const std::string& bad : bad_names) {
     v1::GraphSpec g;
     AddTask(g, "ok_name.1:x-y");
     AddTask(g, bad);
@@ -470,9 +465,10 @@ TEST_F(ApiContractTest, RequestIdLongerThan128BytesIsInvalid) {
 // Unknown and missing ids.
 
 TEST_F(ApiContractTest, EveryCallOnAnUnknownGraphIsNotFound) {
-  const std::string live = Submit(OneTask(kUnserved));  // something to leave alone
+  // A live graph the refused calls must leave alone.
+  const std::string live = Submit(OneTask(kUnserved));
   const Footprint before = Mark();
-  for (const std::string id : {std::string(kUnknownGraph), std::string("nope")}) {
+  for (const std::string id : {kUnknownGraph, "nope"}) {
     SCOPED_TRACE(id);
     EXPECT_EQ(GetGraphStatus(id).error_code(), grpc::StatusCode::NOT_FOUND);
     grpc::Status s = GetTaskStatus(id, "t");
@@ -490,12 +486,15 @@ TEST_F(ApiContractTest, EveryCallOnAnUnknownGraphIsNotFound) {
               grpc::StatusCode::NOT_FOUND);
     v1::WatchRequest watch;  // snapshot first
     watch.mutable_graph()->set_graph_id(id);
-    EXPECT_EQ(RefusedWatchStatus(watch).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(RefusedWatchStatus(watch).error_code(),
+              grpc::StatusCode::NOT_FOUND);
     watch.mutable_graph()->set_replay(true);
-    EXPECT_EQ(RefusedWatchStatus(watch).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(RefusedWatchStatus(watch).error_code(),
+              grpc::StatusCode::NOT_FOUND);
     watch.mutable_graph()->set_replay(false);
     watch.mutable_graph()->set_after_seq(3);
-    EXPECT_EQ(RefusedWatchStatus(watch).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(RefusedWatchStatus(watch).error_code(),
+              grpc::StatusCode::NOT_FOUND);
   }
   ExpectUnchanged(before);
   EXPECT_EQ(Get(live).state(), v1::GRAPH_STATE_RUNNING);
@@ -537,7 +536,8 @@ TEST_F(ApiContractTest, UnknownTaskNameIsNotFoundAndChangesNothing) {
   EXPECT_EQ(g1.state(), v1::GRAPH_STATE_RUNNING);
   EXPECT_FALSE(g1.cancel_requested());
   for (const v1::Task& t : g0.tasks()) {
-    EXPECT_EQ(TaskOf(g1, t.spec().name()).state(), t.state()) << t.spec().name();
+    EXPECT_EQ(TaskOf(g1, t.spec().name()).state(), t.state())
+        << t.spec().name();
   }
 }
 
@@ -617,8 +617,8 @@ TEST_F(ApiContractTest, WatchWithoutTargetIsInvalid) {
 
 TEST_F(ApiContractTest, GlobalWatchRefusesGarbageResumeToken) {
   for (const std::string token :
-       {"garbage", "fg1.zz.1", "fg1.0123456789abcdef.-1", "fg2.0123456789abcdef.1",
-        "fg1.0123456789abcdef.1.2"}) {
+       {"garbage", "fg1.zz.1", "fg1.0123456789abcdef.-1",
+        "fg2.0123456789abcdef.1", "fg1.0123456789abcdef.1.2"}) {
     v1::WatchRequest req;
     req.mutable_all()->set_resume_token(token);
     grpc::Status s = RefusedWatchStatus(req);
@@ -654,7 +654,8 @@ TEST_F(ApiContractTest, GlobalWatchTokenOfAnotherInstanceIsOutOfRange) {
     v1::SubmitGraphResponse sresp;
     ASSERT_TRUE(other_stub->SubmitGraph(&sctx, sreq, &sresp).ok());
     v1::WatchResponse msg;
-    ASSERT_TRUE(reader->Read(&msg)) << "the token was refused by its own server";
+    ASSERT_TRUE(reader->Read(&msg))
+        << "the token was refused by its own server";
     ASSERT_GT(msg.events_size(), 0);
     EXPECT_EQ(msg.events(0).type(), v1::GRAPH_SUBMITTED);
     EXPECT_EQ(msg.events(0).graph_id(), sresp.graph_id());
@@ -719,10 +720,13 @@ TEST_F(ApiContractTest, WorkerHelloWithMoreThan10000SlotsIsRefused) {
 }
 
 TEST_F(ApiContractTest, WorkerHelloWithInvalidQueueNameIsRefused) {
-  for (const std::string bad : {"", "has space", std::string(129, 'q')}) {
+  const std::vector<std::string> bad_queues = {"", "has space",
+                                               std::string(129, 'q')};
+  for (const std::string& bad : bad_queues) {
     SCOPED_TRACE(bad);
     grpc::Status s = BadHelloStatus(HelloMsg({"good", bad}, 1));
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(s);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << Describe(s);
     EXPECT_THAT(s.error_message(), HasSubstr("hello.queues[1]"));
   }
 }
@@ -817,7 +821,7 @@ TEST_F(ApiContractTest, ConcurrentSubmitsWithOneRequestIdCreateOneGraph) {
 TEST_F(ApiContractTest, ListGraphsIsNewestFirst) {
   std::vector<std::string> ids;
   for (int i = 0; i < 4; ++i) ids.push_back(Submit(OneTask(kUnserved)));
-  v1::ListGraphsResponse r = ListOrDie(v1::ListGraphsRequest());
+  v1::ListGraphsResponse r = List(v1::ListGraphsRequest());
   ASSERT_EQ(r.graphs_size(), 4);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(r.graphs(i).id(), ids[3 - i]);
   EXPECT_TRUE(r.graphs(0).tasks().empty()) << "ListGraphs is BASIC by default";
@@ -834,7 +838,7 @@ TEST_F(ApiContractTest, ListGraphsPagesVisitEveryGraphOnce) {
     v1::ListGraphsRequest req;
     req.set_page_size(2);
     req.set_page_token(token);
-    v1::ListGraphsResponse r = ListOrDie(req);
+    v1::ListGraphsResponse r = List(req);
     EXPECT_LE(r.graphs_size(), 2);
     for (const v1::Graph& g : r.graphs()) seen.push_back(g.id());
     token = r.next_page_token();
@@ -860,19 +864,19 @@ TEST_F(ApiContractTest, ListGraphsFiltersByLabels) {
 
   v1::ListGraphsRequest req;
   (*req.mutable_labels())["team"] = "a";
-  v1::ListGraphsResponse r = ListOrDie(req);
+  v1::ListGraphsResponse r = List(req);
   ASSERT_EQ(r.graphs_size(), 2);
   EXPECT_EQ(r.graphs(0).id(), a_dev);
   EXPECT_EQ(r.graphs(1).id(), a_prod);
 
   (*req.mutable_labels())["env"] = "prod";
-  r = ListOrDie(req);
+  r = List(req);
   ASSERT_EQ(r.graphs_size(), 1);
   EXPECT_EQ(r.graphs(0).id(), a_prod);
   EXPECT_EQ(r.graphs(0).labels().at("team"), "a");
 
   (*req.mutable_labels())["team"] = "nobody";
-  EXPECT_EQ(ListOrDie(req).graphs_size(), 0);
+  EXPECT_EQ(List(req).graphs_size(), 0);
 }
 
 TEST_F(ApiContractTest, ListGraphsFiltersByState) {
@@ -883,23 +887,23 @@ TEST_F(ApiContractTest, ListGraphsFiltersByState) {
 
   v1::ListGraphsRequest req;
   req.add_states(v1::GRAPH_STATE_SUCCEEDED);
-  v1::ListGraphsResponse r = ListOrDie(req);
+  v1::ListGraphsResponse r = List(req);
   ASSERT_EQ(r.graphs_size(), 1);
   EXPECT_EQ(r.graphs(0).id(), done);
   EXPECT_EQ(r.graphs(0).state(), v1::GRAPH_STATE_SUCCEEDED);
 
   req.clear_states();
   req.add_states(v1::GRAPH_STATE_RUNNING);
-  r = ListOrDie(req);
+  r = List(req);
   ASSERT_EQ(r.graphs_size(), 1);
   EXPECT_EQ(r.graphs(0).id(), running);
 
   req.add_states(v1::GRAPH_STATE_SUCCEEDED);
-  EXPECT_EQ(ListOrDie(req).graphs_size(), 2);
+  EXPECT_EQ(List(req).graphs_size(), 2);
 
   req.clear_states();
   req.add_states(v1::GRAPH_STATE_FAILED);
-  EXPECT_EQ(ListOrDie(req).graphs_size(), 0);
+  EXPECT_EQ(List(req).graphs_size(), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -982,7 +986,7 @@ TEST_F(ApiContractTest, AssignmentCarriesLeaseTaskQueueInputAndParams) {
   EXPECT_EQ(a.params().at("n"), "3");
   EXPECT_EQ(a.labels().at("owner"), "me");
   EXPECT_GT(a.run_timeout_ms(), 0);
-  const v1::Task running = GetTaskOrDie(id, "second");
+  const v1::Task running = FetchTask(id, "second");
   EXPECT_EQ(running.state(), v1::RUNNING);
   EXPECT_EQ(running.attempt(), 1);
   ASSERT_EQ(running.attempts_size(), 1);
@@ -1017,7 +1021,8 @@ TEST_F(ApiContractTest, WorkerStreamNeverCarriesMoreAssignmentsThanSlots) {
     EXPECT_EQ(a.queue(), "q");
     EXPECT_EQ(a.input(), absl::StrCat("in-", i));
     EXPECT_EQ(a.params().at("i"), absl::StrCat(i));
-    EXPECT_TRUE(delivered.insert(a.task()).second) << "delivered twice: " << a.task();
+    EXPECT_TRUE(delivered.insert(a.task()).second)
+        << "delivered twice: " << a.task();
   };
   // Each result returns one credit; only then may the next task come.
   int results = 0;
@@ -1073,7 +1078,7 @@ TEST_F(ApiContractTest, ResultWithAStaleLeaseIsAbortedAndChangesNothing) {
     EXPECT_EQ(ack.code(), kAborted) << ack.message();
     EXPECT_EQ(ack.lease().attempt(), stale.attempt());
     EXPECT_EQ(ack.lease().epoch(), stale.epoch());
-    const v1::Task t = GetTaskOrDie(id, "t");
+    const v1::Task t = FetchTask(id, "t");
     EXPECT_EQ(t.state(), v1::RUNNING);
     EXPECT_EQ(t.attempt(), 1);
     EXPECT_TRUE(t.output().empty());
@@ -1085,7 +1090,7 @@ TEST_F(ApiContractTest, ResultWithAStaleLeaseIsAbortedAndChangesNothing) {
   v1::ResultAck ack;
   ASSERT_TRUE(w.AwaitAck(&ack));
   EXPECT_EQ(ack.code(), 0) << ack.message();
-  const v1::Task t = GetTaskOrDie(id, "t");
+  const v1::Task t = FetchTask(id, "t");
   EXPECT_EQ(t.state(), v1::SUCCEEDED);
   EXPECT_EQ(t.output(), "first");
   EXPECT_EQ(t.attempts_size(), 1);

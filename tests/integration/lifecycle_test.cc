@@ -2,6 +2,7 @@
 #include <atomic>
 
 #include "absl/synchronization/notification.h"
+#include "forge/v1/worker.grpc.pb.h"
 #include "tests/integration/fixture.h"
 
 namespace forge::testing {
@@ -99,14 +100,27 @@ TEST_F(ForgeTest, CancellingAPendingTaskSkipsItsDependentsOnly) {
 }
 
 TEST_F(ForgeTest, AWorkerKilledMidTaskLosesItsLeaseAndTheTaskIsRedispatched) {
-  Blocker blocker;
-  client::Worker& doomed = StartWorker({"default"}, 1, blocker.handler(), "doomed");
+  // A raw worker stream that takes the task and then drops without a word,
+  // as a killed process would.
+  auto worker_stub = v1::WorkerService::NewStub(channel_);
+  grpc::ClientContext doomed_ctx;
+  auto doomed = worker_stub->Connect(&doomed_ctx);
+  v1::WorkerMessage hello;
+  hello.mutable_hello()->set_name("doomed");
+  hello.mutable_hello()->add_queues("default");
+  hello.mutable_hello()->set_slots(1);
+  ASSERT_TRUE(doomed->Write(hello));
   v1::GraphSpec g;
   AddTask(g, "job");
   const std::string id = Submit(g);
-  ASSERT_TRUE(blocker.started.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  v1::ServerMessage msg;
+  int assigned = 0;
+  while (assigned == 0 && doomed->Read(&msg)) assigned += msg.assignments_size();
+  ASSERT_EQ(assigned, 1);
+  EXPECT_EQ(TaskOf(Get(id), "job").state(), v1::RUNNING);
   StartWorker({"default"}, 1, Echo, "healthy");
-  doomed.Stop();  // the stream drops with the task in flight
+  doomed_ctx.TryCancel();  // the stream drops with the task in flight
+  doomed->Finish().IgnoreError();
 
   v1::Graph done = WaitTerminal(id);
   EXPECT_EQ(done.state(), v1::GRAPH_STATE_SUCCEEDED);
@@ -174,7 +188,7 @@ TEST_F(ForgeTest, WatchResumesAfterAnySeqWithNoGapAndNoDuplicate) {
 class SlowWatcherTest : public ForgeTest {
  protected:
   void Configure(ServerOptions& o) override {
-    o.bus.max_subscriber_lag = 200;
+    o.bus.max_subscriber_lag = 1000;
     o.watch.max_batch = 64;
     o.watch.stuck_write_grace = absl::Seconds(60);
   }
@@ -200,7 +214,7 @@ TEST_F(SlowWatcherTest, ASlowWatcherIsCutOffWithItsResumePointAndOthersGetEveryt
   req.mutable_graph()->set_replay(true);
   auto slow = slow_stub->Watch(&slow_ctx, req);
 
-  StartWorker({"default"}, 64);
+  StartWorker({"default"}, 4);  // a pace any reading watcher keeps up with
   // Everyone else keeps up: a normal watcher receives every event.
   std::vector<v1::Event> all = Replay(id);
   ASSERT_FALSE(all.empty());
