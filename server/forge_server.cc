@@ -8,8 +8,65 @@
 #include "absl/strings/str_cat.h"
 #include "server/api/orchestrator_service.h"
 #include "server/api/worker_service.h"
+#include "server/obs/metrics.h"
 
 namespace forge {
+
+namespace {
+
+// Everything /metrics shows, read at scrape time.
+std::vector<prometheus::MetricFamily> Collect(Engine& engine) {
+  using prometheus::MetricType;
+  const EngineCounters c = engine.counters();
+  const events::EventBus& bus = engine.bus();
+  std::vector<prometheus::MetricFamily> out;
+  auto counter = [&](const char* name, const char* help, double v) {
+    out.push_back(obs::FamilyBuilder(name, help, MetricType::Counter).Add(v).take());
+  };
+  auto gauge = [&](const char* name, const char* help, double v) {
+    out.push_back(obs::FamilyBuilder(name, help, MetricType::Gauge).Add(v).take());
+  };
+  counter("forge_graphs_submitted_total", "Graphs accepted by SubmitGraph.",
+          c.graphs_submitted);
+  counter("forge_tasks_submitted_total", "Tasks in accepted graphs.",
+          c.tasks_submitted);
+  counter("forge_tasks_dispatched_total", "Attempts handed to executors.",
+          c.tasks_dispatched);
+  counter("forge_leases_lost_total", "Attempts failed with LEASE_LOST.",
+          c.leases_lost);
+  counter("forge_stale_results_total",
+          "Results refused because their lease was not current.",
+          c.stale_results);
+  gauge("forge_graphs", "Graphs held by the store.", engine.store().graph_count());
+  counter("forge_events_published_total", "Events made visible to watchers.",
+          bus.events_published());
+  gauge("forge_watch_subscribers", "Open Watch subscriptions.", bus.subscribers());
+  counter("forge_watch_subscribers_cut_off_total",
+          "Watchers ended for falling behind (RESOURCE_EXHAUSTED or OUT_OF_RANGE).",
+          bus.subscribers_cut_off());
+  obs::FamilyBuilder depth("forge_queue_depth", "READY tasks waiting per queue.",
+                           MetricType::Gauge);
+  obs::FamilyBuilder running("forge_queue_running", "Running tasks per queue.",
+                             MetricType::Gauge);
+  for (const sched::QueueStats& q : engine.scheduler().Queues()) {
+    depth.Add(q.depth, {{"queue", q.name}});
+    running.Add(q.running, {{"queue", q.name}});
+  }
+  out.push_back(depth.take());
+  out.push_back(running.take());
+  double workers = 0, slots = 0, free_slots = 0;
+  for (const sched::ExecutorStats& e : engine.scheduler().Executors()) {
+    ++workers;
+    slots += e.slots;
+    free_slots += e.slots - e.in_use;
+  }
+  gauge("forge_workers_connected", "Connected executors.", workers);
+  gauge("forge_worker_slots", "Slots of connected executors.", slots);
+  gauge("forge_worker_free_slots", "Free slots of connected executors.", free_slots);
+  return out;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
     ServerOptions options, Clock* clock) {
@@ -37,6 +94,15 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", options.listen));
   }
+  if (!options.metrics_listen.empty()) {
+    Engine* engine = s->engine_.get();
+    absl::StatusOr<std::unique_ptr<obs::MetricsServer>> metrics =
+        obs::MetricsServer::Start(
+            options.metrics_listen,
+            std::make_shared<obs::ScrapeCollector>([engine] { return Collect(*engine); }));
+    if (!metrics.ok()) return metrics.status();
+    s->metrics_ = *std::move(metrics);
+  }
   s->server_->GetHealthCheckService()->SetServingStatus(true);
   return s;
 }
@@ -44,9 +110,12 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
 ForgeServer::~ForgeServer() {
   Shutdown(absl::ZeroDuration());
   // Reverse order of construction: the server (and its reactors) go first.
+  metrics_.reset();
   server_.reset();
   timers_->Shutdown();
 }
+
+int ForgeServer::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
 std::string ForgeServer::address() const {
   const std::string& l = options_.listen;

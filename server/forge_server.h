@@ -23,6 +23,9 @@ namespace forge {
 namespace api {
 class WorkerServiceImpl;
 }  // namespace api
+namespace obs {
+class MetricsServer;
+}  // namespace obs
 
 struct ServerOptions {
   // host:port; port 0 picks a free port (see ForgeServer::port()).
@@ -30,6 +33,8 @@ struct ServerOptions {
   EngineOptions engine;
   events::BusOptions bus;
   api::WatchOptions watch;
+  // Prometheus /metrics address; empty = no metrics endpoint.
+  std::string metrics_listen;
   // Largest gRPC message accepted or sent (a 1,000,000-task graph is ~40 MB).
   int max_message_bytes = 256 << 20;
 };
@@ -42,6 +47,8 @@ class ForgeServer {
   ~ForgeServer();
 
   int port() const { return port_; }
+  // Port of the metrics endpoint (0 when disabled).
+  int metrics_port() const;
   std::string address() const;
 
   // Health goes NOT_SERVING, then in-flight calls get `grace` to finish
@@ -63,6 +70,7 @@ class ForgeServer {
   std::unique_ptr<api::OrchestratorService> orchestrator_;
   std::unique_ptr<api::WorkerServiceImpl> workers_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<obs::MetricsServer> metrics_;
   absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -16,7 +16,7 @@ ABSL_FLAG(bool, ephemeral, false,
           "Keep state in memory only (tests, benchmarks). Until the durable "
           "journal lands, every mode is memory-only.");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
-          "Prometheus /metrics address (served once the metrics module lands)");
+          "Prometheus /metrics address HOST:PORT (empty = none)");
 ABSL_FLAG(int, shards, 16, "Store shards (each one mutex)");
 ABSL_FLAG(int64_t, max_tasks, 1000000, "Most tasks in one graph");
 ABSL_FLAG(int64_t, max_input_bytes, 1 << 20, "Largest task input");
@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
 
   forge::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.engine.store.shards = absl::GetFlag(FLAGS_shards);
   options.engine.limits.max_tasks = absl::GetFlag(FLAGS_max_tasks);
   options.engine.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
@@ -49,6 +50,10 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "forged: listening on %s (store: memory)\n",
                (*server)->address().c_str());
+  if ((*server)->metrics_port() != 0) {
+    std::fprintf(stderr, "forged: metrics on port %d at /metrics\n",
+                 (*server)->metrics_port());
+  }
   std::fflush(stderr);
 
   int sig = 0;
