@@ -4,9 +4,15 @@
 #include <cstdio>
 #include <pthread.h>
 
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/forge_server.h"
 
@@ -20,14 +26,41 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
 ABSL_FLAG(int, shards, 16, "Store shards (each one mutex)");
 ABSL_FLAG(int64_t, max_tasks, 1000000, "Most tasks in one graph");
 ABSL_FLAG(int64_t, max_input_bytes, 1 << 20, "Largest task input");
+ABSL_FLAG(std::vector<std::string>, queue_concurrency, {},
+          "Per-queue concurrency limits, QUEUE=N[,QUEUE=N...] (default: none)");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
           "On SIGTERM, how long in-flight calls get before they are cancelled");
+
+namespace {
+
+// Flags are spelled with dashes (--metrics-listen); absl's names use
+// underscores. Both spellings are accepted.
+std::vector<char*> NormalizeFlags(int argc, char** argv,
+                                  std::vector<std::string>& storage) {
+  storage.reserve(argc);
+  std::vector<char*> out;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (i > 0 && arg.rfind("--", 0) == 0) {
+      const size_t end = std::min(arg.find('='), arg.size());
+      std::replace(arg.begin() + 2, arg.begin() + end, '-', '_');
+    }
+    storage.push_back(std::move(arg));
+  }
+  for (std::string& a : storage) out.push_back(a.data());
+  return out;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "forged: the Forge task-graph server.\n  forged [--listen HOST:PORT] "
-      "[--ephemeral] [--metrics-listen HOST:PORT]");
-  absl::ParseCommandLine(argc, argv);
+      "[--ephemeral] [--metrics-listen HOST:PORT] [--queue-concurrency Q=N,...]\n"
+      "Flags may be spelled with dashes or underscores.");
+  std::vector<std::string> storage;
+  std::vector<char*> args = NormalizeFlags(argc, argv, storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 
   // Signals are taken by one thread with sigwait, never by a handler.
   sigset_t signals;
@@ -42,11 +75,26 @@ int main(int argc, char** argv) {
   options.engine.store.shards = absl::GetFlag(FLAGS_shards);
   options.engine.limits.max_tasks = absl::GetFlag(FLAGS_max_tasks);
   options.engine.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
+  std::vector<std::pair<std::string, int>> limits;
+  for (const std::string& item : absl::GetFlag(FLAGS_queue_concurrency)) {
+    const size_t eq = item.find('=');
+    int n = 0;
+    if (eq == std::string::npos || eq == 0 ||
+        !absl::SimpleAtoi(item.substr(eq + 1), &n) || n < 0) {
+      std::fprintf(stderr, "forged: --queue-concurrency: \"%s\" is not QUEUE=N\n",
+                   item.c_str());
+      return 2;
+    }
+    limits.emplace_back(item.substr(0, eq), n);
+  }
   absl::StatusOr<std::unique_ptr<forge::ForgeServer>> server =
       forge::ForgeServer::Start(options);
   if (!server.ok()) {
     std::fprintf(stderr, "forged: %s\n", server.status().ToString().c_str());
     return 1;
+  }
+  for (const auto& [queue, n] : limits) {
+    (*server)->engine().scheduler().Configure(queue, forge::sched::QueueConfig{n});
   }
   std::fprintf(stderr, "forged: listening on %s (store: memory)\n",
                (*server)->address().c_str());

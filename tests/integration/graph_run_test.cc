@@ -200,3 +200,34 @@ TEST_F(ForgeTest, TasksOnlyGoToWorkersOfTheirQueue) {
 
 }  // namespace
 }  // namespace forge::testing
+
+namespace forge::testing {
+namespace {
+
+TEST_F(ForgeTest, QueueConcurrencyLimitHoldsAcrossWorkers) {
+  server().engine().scheduler().Configure("serial", sched::QueueConfig{1});
+  absl::Mutex mu;
+  int running = 0, peak = 0, done = 0;
+  auto handler = [&](client::TaskContext& ctx) {
+    {
+      absl::MutexLock lock(&mu);
+      peak = std::max(peak, ++running);
+    }
+    ctx.WaitCancelled(absl::Milliseconds(5));  // hold the slot a little
+    absl::MutexLock lock(&mu);
+    --running;
+    ++done;
+    return Echo(ctx);
+  };
+  StartWorker({"serial"}, 4, handler);
+  StartWorker({"serial"}, 4, handler);
+  v1::GraphSpec g;
+  for (int i = 0; i < 12; ++i) AddTask(g, "s" + std::to_string(i), {}, "serial");
+  EXPECT_EQ(WaitTerminal(Submit(g)).state(), v1::GRAPH_STATE_SUCCEEDED);
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(done, 12);
+  EXPECT_EQ(peak, 1);
+}
+
+}  // namespace
+}  // namespace forge::testing
