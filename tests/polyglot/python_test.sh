@@ -56,7 +56,7 @@ wait_exit() {
 client() { "$PY" "$CLIENT" --server "$server" "$@"; }
 
 # --- forged on a free port --------------------------------------------------
-"$FORGED" --listen 127.0.0.1:0 --ephemeral 2>"$tmp/forged.log" &
+"$FORGED" --listen 127.0.0.1:0 --metrics-listen "" --ephemeral 2>"$tmp/forged.log" &
 forged_pid=$!
 wait_for_line "$tmp/forged.log" '^forged: listening on ' "$forged_pid" forged
 port=$(sed -n 's/^forged: listening on [^ ]*:\([0-9][0-9]*\) .*/\1/p' "$tmp/forged.log")
