@@ -9,6 +9,7 @@
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "absl/strings/str_format.h"
 #include "common/ids.h"
+#include "common/status.h"
 #include "common/proto_time.h"
 
 namespace forge::store {
@@ -288,6 +289,32 @@ Store::Shard& Store::ShardFor(const std::string& graph_id) const {
   return *shards_[h % shards_.size()];
 }
 
+// Under shard.mu: the graph, or NOT_FOUND.
+absl::StatusOr<Store::GraphRecord*> Store::FindLocked(
+    const Shard& shard, const std::string& graph_id) {
+  auto it = shard.graphs.find(graph_id);
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  return it->second.get();
+}
+
+// Under the graph's shard lock: the task `lease` names if that lease is the
+// task's current running attempt; NOT_FOUND or ABORTED otherwise.
+absl::StatusOr<Store::TaskRuntime*> Store::FenceLocked(GraphRecord& g,
+                                                       const v1::Lease& lease) {
+  const int32_t i = lease.task_index();
+  if (i < 0 || i >= static_cast<int32_t>(g.tasks.size())) {
+    return absl::NotFoundError(absl::StrCat("task index ", i, " not found"));
+  }
+  TaskRuntime& t = g.tasks[i];
+  if (t.state != v1::RUNNING || t.attempt != lease.attempt() ||
+      t.epoch != lease.epoch()) {
+    return StaleLease(lease, t.state, t.attempt);
+  }
+  return &t;
+}
+
 int64_t Store::graph_count() const {
   return graph_count_.load(std::memory_order_relaxed);
 }
@@ -355,11 +382,8 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
                                                 absl::Time now) {
   Shard& shard = ShardFor(graph_id);
   absl::MutexLock lock(&shard.mu);
-  auto it = shard.graphs.find(graph_id);
-  if (it == shard.graphs.end()) {
-    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
-  }
-  GraphRecord& g = *it->second;
+  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
+  GraphRecord& g = *found;
   if (index < 0 || index >= static_cast<int32_t>(g.tasks.size())) {
     return absl::NotFoundError(absl::StrCat("task index ", index, " not found"));
   }
@@ -418,21 +442,11 @@ absl::StatusOr<Effects> Store::Complete(const v1::TaskResult& result,
   const v1::Lease& lease = result.lease();
   Shard& shard = ShardFor(lease.graph_id());
   absl::MutexLock lock(&shard.mu);
-  auto it = shard.graphs.find(lease.graph_id());
-  if (it == shard.graphs.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("graph ", lease.graph_id(), " not found"));
-  }
-  GraphRecord& g = *it->second;
+  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, lease.graph_id()));
+  GraphRecord& g = *found;
+  ASSIGN_OR_RETURN(TaskRuntime* const running, FenceLocked(g, lease));
+  TaskRuntime& t = *running;
   const int32_t i = lease.task_index();
-  if (i < 0 || i >= static_cast<int32_t>(g.tasks.size())) {
-    return absl::NotFoundError(absl::StrCat("task index ", i, " not found"));
-  }
-  TaskRuntime& t = g.tasks[i];
-  if (t.state != v1::RUNNING || t.attempt != lease.attempt() ||
-      t.epoch != lease.epoch()) {
-    return StaleLease(lease, t.state, t.attempt);
-  }
   Effects fx;
   Transition tx(*this, g, shard.rng, now, fx);
   v1::Attempt& a = t.attempts.back();
@@ -486,21 +500,11 @@ absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
   const v1::Lease& lease = progress.lease();
   Shard& shard = ShardFor(lease.graph_id());
   absl::MutexLock lock(&shard.mu);
-  auto it = shard.graphs.find(lease.graph_id());
-  if (it == shard.graphs.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("graph ", lease.graph_id(), " not found"));
-  }
-  GraphRecord& g = *it->second;
+  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, lease.graph_id()));
+  GraphRecord& g = *found;
+  ASSIGN_OR_RETURN(TaskRuntime* const running, FenceLocked(g, lease));
+  TaskRuntime& t = *running;
   const int32_t i = lease.task_index();
-  if (i < 0 || i >= static_cast<int32_t>(g.tasks.size())) {
-    return absl::NotFoundError(absl::StrCat("task index ", i, " not found"));
-  }
-  TaskRuntime& t = g.tasks[i];
-  if (t.state != v1::RUNNING || t.attempt != lease.attempt() ||
-      t.epoch != lease.epoch()) {
-    return StaleLease(lease, t.state, t.attempt);
-  }
   Effects fx;
   Transition tx(*this, g, shard.rng, now, fx);
   t.progress = std::make_unique<v1::Progress>(progress.progress());
@@ -532,11 +536,8 @@ absl::StatusOr<Effects> Store::CancelGraph(const std::string& graph_id,
                                            absl::Time now) {
   Shard& shard = ShardFor(graph_id);
   absl::MutexLock lock(&shard.mu);
-  auto it = shard.graphs.find(graph_id);
-  if (it == shard.graphs.end()) {
-    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
-  }
-  GraphRecord& g = *it->second;
+  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
+  GraphRecord& g = *found;
   Effects fx;
   if (graph::IsTerminal(g.state)) return fx;
   g.cancel_requested = true;
@@ -558,11 +559,8 @@ absl::StatusOr<Effects> Store::CancelTask(const std::string& graph_id,
                                           absl::Time now) {
   Shard& shard = ShardFor(graph_id);
   absl::MutexLock lock(&shard.mu);
-  auto it = shard.graphs.find(graph_id);
-  if (it == shard.graphs.end()) {
-    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
-  }
-  GraphRecord& g = *it->second;
+  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
+  GraphRecord& g = *found;
   auto t = g.by_name.find(task);
   if (t == g.by_name.end()) {
     return absl::NotFoundError(
@@ -581,11 +579,8 @@ absl::StatusOr<Effects> Store::AddTerminalWaiter(const std::string& graph_id,
                                                  TerminalWaiter waiter) {
   Shard& shard = ShardFor(graph_id);
   absl::MutexLock lock(&shard.mu);
-  auto it = shard.graphs.find(graph_id);
-  if (it == shard.graphs.end()) {
-    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
-  }
-  GraphRecord& g = *it->second;
+  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
+  GraphRecord& g = *found;
   Effects fx;
   if (graph::IsTerminal(g.state)) {
     fx.graph_id = graph_id;
@@ -647,12 +642,9 @@ absl::StatusOr<v1::Graph> Store::GetGraph(const std::string& graph_id,
                                           v1::GraphView view) const {
   Shard& shard = ShardFor(graph_id);
   absl::MutexLock lock(&shard.mu);
-  auto it = shard.graphs.find(graph_id);
-  if (it == shard.graphs.end()) {
-    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
-  }
+  ASSIGN_OR_RETURN(const GraphRecord* const g, FindLocked(shard, graph_id));
   v1::Graph out;
-  FillGraph(*it->second, view == v1::GRAPH_VIEW_UNSPECIFIED ? v1::FULL : view,
+  FillGraph(*g, view == v1::GRAPH_VIEW_UNSPECIFIED ? v1::FULL : view,
             &out);
   return out;
 }
@@ -661,11 +653,8 @@ absl::StatusOr<v1::Task> Store::GetTask(const std::string& graph_id,
                                         const std::string& task) const {
   Shard& shard = ShardFor(graph_id);
   absl::MutexLock lock(&shard.mu);
-  auto it = shard.graphs.find(graph_id);
-  if (it == shard.graphs.end()) {
-    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
-  }
-  const GraphRecord& g = *it->second;
+  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
+  const GraphRecord& g = *found;
   auto t = g.by_name.find(task);
   if (t == g.by_name.end()) {
     return absl::NotFoundError(

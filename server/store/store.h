@@ -202,6 +202,11 @@ class Store {
   };
 
   Shard& ShardFor(const std::string& graph_id) const;
+  static absl::StatusOr<GraphRecord*> FindLocked(const Shard& shard,
+                                                 const std::string& graph_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  static absl::StatusOr<TaskRuntime*> FenceLocked(GraphRecord& g,
+                                                  const forge::v1::Lease& lease);
   // Fill API views of a record; callers hold its shard lock.
   static void FillGraph(const GraphRecord& g, forge::v1::GraphView view,
                         forge::v1::Graph* out);
