@@ -72,8 +72,9 @@ absl::Duration Backoff(const forge::v1::TaskSpec& spec,
   const double jitter = p.jitter() > 0 ? p.jitter() : d.jitter;
   double seconds = absl::ToDoubleSeconds(initial) *
                    std::pow(mult, std::max(0, attempt - 1));
-  seconds = std::min(seconds, absl::ToDoubleSeconds(cap));
+  // Spread first, then cap: max_backoff is a bound on the delay itself.
   seconds *= 1.0 + jitter * (2.0 * unit_random - 1.0);
+  seconds = std::min(seconds, absl::ToDoubleSeconds(cap));
   return absl::Seconds(std::max(0.0, seconds));
 }
 

@@ -51,7 +51,8 @@ bool ShouldRetry(const forge::v1::TaskSpec& spec, const PolicyDefaults& d,
                  int32_t attempt, const forge::v1::TaskError& error);
 
 // The delay before attempt `attempt + 1`: initial * multiplier^(attempt-1),
-// capped by max_backoff, spread by +-jitter using `unit_random` in [0, 1).
+// spread by +-jitter using `unit_random` in [0, 1), then capped by
+// max_backoff (never exceeded).
 absl::Duration Backoff(const forge::v1::TaskSpec& spec,
                        const PolicyDefaults& d, int32_t attempt,
                        double unit_random);

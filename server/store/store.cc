@@ -195,7 +195,13 @@ class Store::Transition {
     v1::Event& e = EmitTask(EventFor(s), i);
     if (!message.empty()) e.set_message(message);
     if (s == v1::FAILED && t.error) *e.mutable_error() = *t.error;
-    if (s == v1::SUCCEEDED) e.set_exit_code(t.exit_code);
+    if (s == v1::SUCCEEDED) {
+      e.set_exit_code(t.exit_code);
+      if (static_cast<int64_t>(t.output.size()) <=
+          store_.options_.max_event_output_bytes) {
+        e.set_data(t.output);
+      }
+    }
     worklist_.push_back(i);
     if (s == v1::FAILED && g_.spec.fail_fast() && !g_.fail_fast_fired) {
       g_.fail_fast_fired = true;

@@ -62,6 +62,14 @@ TEST_F(ForgeTest, AssignmentCarriesUpstreamOutputs) {
   EXPECT_EQ(seen["b"], "out-b");
   EXPECT_EQ(seen["c"], "out-c");
   EXPECT_EQ(TaskOf(Get(id), "d").output(), "out-d");
+  int carried = 0;
+  for (const v1::Event& e : Replay(id)) {
+    if (e.type() == v1::TASK_SUCCEEDED) {
+      EXPECT_EQ(e.data(), "out-" + e.task());  // small outputs ride the event
+      ++carried;
+    }
+  }
+  EXPECT_EQ(carried, 4);
 }
 
 TEST_F(ForgeTest, TenThousandTaskDagSucceeds) {
