@@ -111,6 +111,12 @@ uint64_t Fingerprint(const v1::GraphSpec& spec) {
   return std::hash<std::string>{}(bytes);
 }
 
+std::string SkipReason(v1::Trigger trigger) {
+  const v1::Trigger t =
+      trigger == v1::TRIGGER_UNSPECIFIED ? v1::ALL_SUCCESS : trigger;
+  return absl::StrCat("trigger ", v1::Trigger_Name(t), " cannot hold");
+}
+
 absl::Status StaleLease(const v1::Lease& lease, v1::TaskState state,
                         int32_t attempt) {
   return absl::AbortedError(absl::StrFormat(
@@ -239,10 +245,7 @@ class Store::Transition {
             MakeReady(d);
             break;
           case graph::Decision::kSkip:
-            Terminate(d, v1::SKIPPED,
-                      absl::StrCat("trigger ",
-                                   v1::Trigger_Name(g_.spec.tasks(d).trigger()),
-                                   " cannot hold"));
+            Terminate(d, v1::SKIPPED, SkipReason(g_.spec.tasks(d).trigger()));
             break;
           case graph::Decision::kWait:
             break;
