@@ -217,6 +217,13 @@ class Reactor final
     for (const v1::TaskProgress& p : msg.progress()) {
       engine_.OnProgress(p).IgnoreError();  // best effort; fenced by the store
     }
+    for (const v1::Lease& lease : msg.heartbeat().leases()) {
+      if (!engine_.OnHeartbeat(lease).ok()) {
+        // The server no longer considers this attempt current (timed out,
+        // cancelled, lease lost): tell the worker to stop working on it.
+        session_->Cancel(lease, "lease is no longer current");
+      }
+    }
   }
 
   Engine& engine_;

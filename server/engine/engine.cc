@@ -179,6 +179,12 @@ void Engine::Apply(store::Effects fx) {
       Apply(store_.RetryDue(rt, clock_->Now()));
     });
   }
+  for (store::AttemptTimer& at : fx.attempt_timers) {
+    const absl::Time due = at.due;
+    timers_->Schedule(due, [this, at = std::move(at)]() {
+      Apply(store_.AttemptTimerDue(at, clock_->Now()));
+    });
+  }
   for (const store::CancelOrder& c : fx.cancels) {
     if (std::shared_ptr<sched::Executor> e = FindExecutor(c.worker_id)) {
       e->Cancel(c.lease, c.reason);
@@ -306,6 +312,10 @@ absl::Status Engine::OnResult(const std::string& executor_id,
   Pump(queue);
   PumpExecutorQueues(executor_id);
   return fx.status();
+}
+
+absl::Status Engine::OnHeartbeat(const v1::Lease& lease) {
+  return store_.Heartbeat(lease, clock_->Now());
 }
 
 absl::Status Engine::OnProgress(const v1::TaskProgress& progress) {

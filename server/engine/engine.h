@@ -109,6 +109,9 @@ class Engine {
   absl::Status OnResult(const std::string& executor_id, const std::string& queue,
                         const forge::v1::TaskResult& result);
   absl::Status OnProgress(const forge::v1::TaskProgress& progress);
+  // Keeps a running attempt's lease alive. ABORTED/NOT_FOUND: the lease is no
+  // longer current (the caller tells the worker to stop).
+  absl::Status OnHeartbeat(const forge::v1::Lease& lease);
 
   // --- Introspection ---------------------------------------------------------
   sched::Scheduler& scheduler() { return scheduler_; }

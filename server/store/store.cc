@@ -27,6 +27,10 @@ struct Store::TaskRuntime {
   int32_t attempt = 0;
   uint64_t epoch = 0;
   int32_t exit_code = 0;
+  // ready_seq of the current READY period (fences schedule-to-start timers).
+  uint64_t ready_seq = 0;
+  // Last sign of life of the running attempt (start, heartbeat, progress).
+  absl::Time last_heartbeat = absl::InfinitePast();
   std::string worker_id;
   std::string output;
   std::unique_ptr<v1::TaskError> error;
@@ -177,6 +181,52 @@ class Store::Transition {
     r.priority = spec.priority();
     r.ordering_key = spec.ordering_key();
     r.ready_seq = store_.next_ready_seq_.fetch_add(1, std::memory_order_relaxed);
+    t.ready_seq = r.ready_seq;
+    if (spec.timeouts().has_schedule_to_start()) {
+      AttemptTimer& timer = fx_.attempt_timers.emplace_back();
+      timer.kind = AttemptTimer::kScheduleToStart;
+      timer.graph_id = g_.id;
+      timer.index = i;
+      timer.ready_seq = t.ready_seq;
+      timer.due = now_ + FromProto(spec.timeouts().schedule_to_start());
+    }
+  }
+
+  // Arms the run-timeout and heartbeat timers of task i's new attempt.
+  void ArmAttemptTimers(int32_t i) {
+    const TaskRuntime& t = g_.tasks[i];
+    const v1::Timeouts& to = g_.spec.tasks(i).timeouts();
+    const graph::PolicyDefaults& d = store_.options_.defaults;
+    const absl::Duration run = to.has_run() ? FromProto(to.run()) : d.run_timeout;
+    const absl::Duration hb =
+        to.has_heartbeat() ? FromProto(to.heartbeat()) : d.heartbeat_timeout;
+    for (auto [kind, after] : {std::pair{AttemptTimer::kRun, run},
+                               std::pair{AttemptTimer::kHeartbeat, hb}}) {
+      if (after <= absl::ZeroDuration()) continue;  // 0 = no limit
+      AttemptTimer& timer = fx_.attempt_timers.emplace_back();
+      timer.kind = kind;
+      timer.graph_id = g_.id;
+      timer.index = i;
+      timer.attempt = t.attempt;
+      timer.epoch = t.epoch;
+      timer.due = now_ + after;
+    }
+  }
+
+  // A timer found the running attempt over its limit: the attempt fails with
+  // `code` (retried per policy) and its executor is told to stop.
+  void ExpireAttempt(int32_t i, const std::string& code,
+                     const std::string& message) {
+    TaskRuntime& t = g_.tasks[i];
+    CancelOrder& c = fx_.cancels.emplace_back();
+    FillLease(i, &c.lease);
+    c.worker_id = t.worker_id;
+    c.reason = message;
+    v1::TaskResult failed;
+    FillLease(i, failed.mutable_lease());
+    failed.mutable_error()->set_code(code);
+    failed.mutable_error()->set_message(message);
+    FinishAttempt(i, failed);
   }
 
   // Any non-terminal state -> terminal `s`; dependents are settled by Drain().
@@ -263,6 +313,53 @@ class Store::Transition {
       store_.FillGraph(g_, v1::BASIC, &*fx_.terminal_graph);
       for (TerminalWaiter& w : g_.waiters) fx_.waiters.push_back(std::move(w));
       g_.waiters.clear();
+    }
+  }
+
+  // Records the outcome of task i's running attempt (already fenced):
+  // success, a retry after backoff, or failure.
+  void FinishAttempt(int32_t i, const v1::TaskResult& result) {
+    TaskRuntime& t = g_.tasks[i];
+    v1::Attempt& a = t.attempts.back();
+    ToProto(now_, a.mutable_finished_at());
+    a.set_exit_code(result.exit_code());
+    t.exit_code = result.exit_code();
+    const v1::TaskSpec& spec = g_.spec.tasks(i);
+    const int64_t max_output = store_.options_.max_output_bytes;
+    if (result.success() &&
+        static_cast<int64_t>(result.output().size()) > max_output) {
+      t.error = std::make_unique<v1::TaskError>();
+      t.error->set_code("OUTPUT_TOO_LARGE");
+      t.error->set_message(absl::StrCat("output of ", result.output().size(),
+                                        " bytes exceeds the limit of ",
+                                        max_output));
+      t.error->set_non_retryable(true);
+    } else if (result.success()) {
+      a.set_state(v1::SUCCEEDED);
+      t.output = result.output();
+      t.error.reset();
+      Terminate(i, v1::SUCCEEDED, "");
+      Drain();
+      return;
+    } else {
+      t.error = std::make_unique<v1::TaskError>(result.error());
+      if (t.error->code().empty()) t.error->set_code("FAILED");
+    }
+    a.set_state(v1::FAILED);
+    *a.mutable_error() = *t.error;
+    if (graph::ShouldRetry(spec, store_.options_.defaults, t.attempt, *t.error)) {
+      const absl::Duration delay =
+          graph::Backoff(spec, store_.options_.defaults, t.attempt,
+                         absl::Uniform<double>(rng_, 0.0, 1.0));
+      SetState(i, v1::READY);
+      t.backing_off = true;
+      v1::Event& e = EmitTask(v1::TASK_RETRY_SCHEDULED, i);
+      *e.mutable_error() = *t.error;
+      ToProto(now_ + delay, e.mutable_retry_at());
+      fx_.retries.push_back(RetryTimer{g_.id, i, t.attempt, now_ + delay});
+    } else {
+      Terminate(i, v1::FAILED, "");
+      Drain();
     }
   }
 
@@ -409,6 +506,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   t.epoch = next_epoch_.fetch_add(1, std::memory_order_relaxed);
   t.worker_id = worker_id;
   t.started_at = now;
+  t.last_heartbeat = now;
   t.progress.reset();
   tx.SetState(index, v1::RUNNING);
   v1::Attempt& a = t.attempts.emplace_back();
@@ -417,6 +515,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   a.set_state(v1::RUNNING);
   ToProto(now, a.mutable_started_at());
   tx.EmitTask(v1::TASK_STARTED, index).set_worker_id(worker_id);
+  tx.ArmAttemptTimers(index);
 
   const v1::TaskSpec& spec = g.spec.tasks(index);
   v1::Assignment& as = result.assignment;
@@ -458,49 +557,7 @@ absl::StatusOr<Effects> Store::Complete(const v1::TaskResult& result,
   const int32_t i = lease.task_index();
   Effects fx;
   Transition tx(*this, g, shard.rng, now, fx);
-  v1::Attempt& a = t.attempts.back();
-  ToProto(now, a.mutable_finished_at());
-  a.set_exit_code(result.exit_code());
-  t.exit_code = result.exit_code();
-  const v1::TaskSpec& spec = g.spec.tasks(i);
-  if (result.success() &&
-      static_cast<int64_t>(result.output().size()) > options_.max_output_bytes) {
-    v1::TaskResult failed = result;
-    failed.set_success(false);
-    failed.clear_output();
-    failed.mutable_error()->set_code("OUTPUT_TOO_LARGE");
-    failed.mutable_error()->set_message(absl::StrCat(
-        "output of ", result.output().size(), " bytes exceeds the limit of ",
-        options_.max_output_bytes));
-    failed.mutable_error()->set_non_retryable(true);
-    t.error = std::make_unique<v1::TaskError>(failed.error());
-  } else if (result.success()) {
-    a.set_state(v1::SUCCEEDED);
-    t.output = result.output();
-    t.error.reset();
-    tx.Terminate(i, v1::SUCCEEDED, "");
-    tx.Drain();
-    return fx;
-  } else {
-    t.error = std::make_unique<v1::TaskError>(result.error());
-    if (t.error->code().empty()) t.error->set_code("FAILED");
-  }
-  a.set_state(v1::FAILED);
-  *a.mutable_error() = *t.error;
-  if (graph::ShouldRetry(spec, options_.defaults, t.attempt, *t.error)) {
-    const absl::Duration delay =
-        graph::Backoff(spec, options_.defaults, t.attempt,
-                       absl::Uniform<double>(tx.rng(), 0.0, 1.0));
-    tx.SetState(i, v1::READY);
-    t.backing_off = true;
-    v1::Event& e = tx.EmitTask(v1::TASK_RETRY_SCHEDULED, i);
-    *e.mutable_error() = *t.error;
-    ToProto(now + delay, e.mutable_retry_at());
-    fx.retries.push_back(RetryTimer{g.id, i, t.attempt, now + delay});
-  } else {
-    tx.Terminate(i, v1::FAILED, "");
-    tx.Drain();
-  }
+  tx.FinishAttempt(i, result);
   return fx;
 }
 
@@ -516,8 +573,81 @@ absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
   const int32_t i = lease.task_index();
   Effects fx;
   Transition tx(*this, g, shard.rng, now, fx);
+  t.last_heartbeat = now;
   t.progress = std::make_unique<v1::Progress>(progress.progress());
   *tx.EmitTask(v1::TASK_PROGRESS, i).mutable_progress() = progress.progress();
+  return fx;
+}
+
+absl::Status Store::Heartbeat(const v1::Lease& lease, absl::Time now) {
+  Shard& shard = ShardFor(lease.graph_id());
+  absl::MutexLock lock(&shard.mu);
+  ASSIGN_OR_RETURN(GraphRecord* const g, FindLocked(shard, lease.graph_id()));
+  ASSIGN_OR_RETURN(TaskRuntime* const t, FenceLocked(*g, lease));
+  t->last_heartbeat = now;
+  return absl::OkStatus();
+}
+
+Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
+  Effects fx;
+  Shard& shard = ShardFor(timer.graph_id);
+  absl::MutexLock lock(&shard.mu);
+  absl::StatusOr<GraphRecord*> found = FindLocked(shard, timer.graph_id);
+  if (!found.ok()) return fx;
+  GraphRecord& g = **found;
+  if (timer.index < 0 || timer.index >= static_cast<int32_t>(g.tasks.size())) {
+    return fx;
+  }
+  const int32_t i = timer.index;
+  TaskRuntime& t = g.tasks[i];
+  const v1::TaskSpec& spec = g.spec.tasks(i);
+  Transition tx(*this, g, shard.rng, now, fx);
+  switch (timer.kind) {
+    case AttemptTimer::kScheduleToStart:
+      if (t.state != v1::READY || t.backing_off || t.ready_seq != timer.ready_seq) {
+        return fx;  // started (or finished) in time
+      }
+      t.error = std::make_unique<v1::TaskError>();
+      t.error->set_code("SCHEDULE_TIMEOUT");
+      t.error->set_message(absl::StrCat(
+          "no executor took the task within ",
+          absl::FormatDuration(FromProto(spec.timeouts().schedule_to_start()))));
+      t.error->set_non_retryable(true);
+      tx.Terminate(i, v1::FAILED, t.error->message());
+      tx.Drain();
+      return fx;
+    case AttemptTimer::kRun:
+    case AttemptTimer::kHeartbeat:
+      break;
+  }
+  if (t.state != v1::RUNNING || t.attempt != timer.attempt ||
+      t.epoch != timer.epoch) {
+    return fx;  // that attempt is over
+  }
+  const graph::PolicyDefaults& d = options_.defaults;
+  if (timer.kind == AttemptTimer::kRun) {
+    const absl::Duration run = spec.timeouts().has_run()
+                                   ? FromProto(spec.timeouts().run())
+                                   : d.run_timeout;
+    tx.ExpireAttempt(i, "TIMEOUT",
+                     absl::StrCat("run timeout of ", absl::FormatDuration(run),
+                                  " exceeded"));
+    return fx;
+  }
+  const absl::Duration hb = spec.timeouts().has_heartbeat()
+                                ? FromProto(spec.timeouts().heartbeat())
+                                : d.heartbeat_timeout;
+  const absl::Time expires = t.last_heartbeat + hb;
+  if (expires > now) {
+    // A heartbeat came since the timer was armed: look again then.
+    AttemptTimer again = timer;
+    again.due = expires;
+    fx.attempt_timers.push_back(std::move(again));
+    return fx;
+  }
+  tx.ExpireAttempt(i, "LEASE_LOST",
+                   absl::StrCat("no heartbeat from ", t.worker_id, " for ",
+                                absl::FormatDuration(hb)));
   return fx;
 }
 

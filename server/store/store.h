@@ -60,6 +60,20 @@ struct RetryTimer {
   absl::Time due;
 };
 
+// A deadline of one attempt (or of one READY period): run timeout,
+// heartbeat expiry, schedule-to-start. Fenced when it fires: a timer of an
+// attempt that is over does nothing.
+struct AttemptTimer {
+  enum Kind { kRun, kHeartbeat, kScheduleToStart };
+  Kind kind = kRun;
+  std::string graph_id;
+  int32_t index = 0;
+  int32_t attempt = 0;     // kRun, kHeartbeat
+  uint64_t epoch = 0;      // kRun, kHeartbeat
+  uint64_t ready_seq = 0;  // kScheduleToStart
+  absl::Time due;
+};
+
 // A running attempt whose executor must be told to stop.
 struct CancelOrder {
   forge::v1::Lease lease;
@@ -77,6 +91,7 @@ struct Effects {
   std::vector<forge::v1::Event> events;  // dense seqs, in order
   std::vector<ReadyTask> ready;
   std::vector<RetryTimer> retries;
+  std::vector<AttemptTimer> attempt_timers;
   std::vector<CancelOrder> cancels;
   // Set when the graph became terminal in this transition.
   std::optional<forge::v1::Graph> terminal_graph;
@@ -86,7 +101,7 @@ struct Effects {
 
   bool empty() const {
     return events.empty() && ready.empty() && retries.empty() &&
-           cancels.empty() && waiters.empty();
+           attempt_timers.empty() && cancels.empty() && waiters.empty();
   }
 };
 
@@ -153,6 +168,17 @@ class Store {
   // Records progress of the running attempt (fenced like Complete).
   absl::StatusOr<Effects> Progress(const forge::v1::TaskProgress& progress,
                                    absl::Time now);
+
+  // Keeps the lease of a running attempt alive (fenced like Complete).
+  absl::Status Heartbeat(const forge::v1::Lease& lease, absl::Time now);
+
+  // An attempt timer fired. Run timeout: the attempt fails with TIMEOUT.
+  // Heartbeat: if no heartbeat came within the heartbeat timeout, the attempt
+  // fails with LEASE_LOST, else the timer is re-armed. Both push a cancel to
+  // the executor and follow the retry policy. Schedule-to-start: a task still
+  // waiting in the same READY period fails with SCHEDULE_TIMEOUT (not
+  // retried). No effect if the attempt or READY period is over.
+  Effects AttemptTimerDue(const AttemptTimer& timer, absl::Time now);
 
   // A retry backoff ended: READY (backing off) -> queued again, with a
   // TASK_READY event. No effect if the task moved on since.
