@@ -76,6 +76,9 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
   s->bus_ = std::make_unique<events::EventBus>(options.bus);
   s->engine_ = std::make_unique<Engine>(options.engine, clock, s->timers_.get(),
                                         s->bus_.get());
+  for (const auto& [name, config] : options.queues) {
+    s->engine_->scheduler().Configure(name, config);
+  }
   s->orchestrator_ = std::make_unique<api::OrchestratorService>(
       s->engine_.get(), s->timers_.get(), options.watch);
   s->workers_ = std::make_unique<api::WorkerServiceImpl>(s->engine_.get());

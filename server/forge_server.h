@@ -4,6 +4,7 @@
 // use it.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -33,6 +34,8 @@ struct ServerOptions {
   EngineOptions engine;
   events::BusOptions bus;
   api::WatchOptions watch;
+  // Per-queue configuration (others get engine.default_queue).
+  std::map<std::string, sched::QueueConfig> queues;
   // Prometheus /metrics address; empty = no metrics endpoint.
   std::string metrics_listen;
   // Largest gRPC message accepted or sent (a 1,000,000-task graph is ~40 MB).

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/forge_server.h"
+#include "server/server_config.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
           "gRPC listen address HOST:PORT (port 0 = any free port)");
@@ -26,6 +27,8 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
 ABSL_FLAG(int, shards, 16, "Store shards (each one mutex)");
 ABSL_FLAG(int64_t, max_tasks, 1000000, "Most tasks in one graph");
 ABSL_FLAG(int64_t, max_input_bytes, 1 << 20, "Largest task input");
+ABSL_FLAG(std::string, config, "",
+          "YAML config file (queues: concurrency, ordering, per_key_concurrency)");
 ABSL_FLAG(std::vector<std::string>, queue_concurrency, {},
           "Per-queue concurrency limits, QUEUE=N[,QUEUE=N...] (default: none)");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
@@ -56,7 +59,7 @@ std::vector<char*> NormalizeFlags(int argc, char** argv,
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "forged: the Forge task-graph server.\n  forged [--listen HOST:PORT] "
-      "[--ephemeral] [--metrics-listen HOST:PORT] [--queue-concurrency Q=N,...]\n"
+      "[--ephemeral] [--metrics-listen HOST:PORT] [--queue-concurrency Q=N,...] [--config FILE]\n"
       "Flags may be spelled with dashes or underscores.");
   std::vector<std::string> storage;
   std::vector<char*> args = NormalizeFlags(argc, argv, storage);
@@ -75,6 +78,12 @@ int main(int argc, char** argv) {
   options.engine.store.shards = absl::GetFlag(FLAGS_shards);
   options.engine.limits.max_tasks = absl::GetFlag(FLAGS_max_tasks);
   options.engine.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
+  if (const std::string config = absl::GetFlag(FLAGS_config); !config.empty()) {
+    if (absl::Status s = forge::LoadServerConfig(config, &options); !s.ok()) {
+      std::fprintf(stderr, "forged: %s\n", s.ToString().c_str());
+      return 2;
+    }
+  }
   std::vector<std::pair<std::string, int>> limits;
   for (const std::string& item : absl::GetFlag(FLAGS_queue_concurrency)) {
     const size_t eq = item.find('=');
@@ -94,7 +103,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   for (const auto& [queue, n] : limits) {
-    (*server)->engine().scheduler().Configure(queue, forge::sched::QueueConfig{n});
+    forge::sched::QueueConfig q = options.queues.count(queue)
+                                      ? options.queues[queue]
+                                      : options.engine.default_queue;
+    q.concurrency = n;
+    (*server)->engine().scheduler().Configure(queue, q);
   }
   std::fprintf(stderr, "forged: listening on %s (store: memory)\n",
                (*server)->address().c_str());

@@ -38,7 +38,7 @@ class Session final : public sched::Executor,
   Session(std::string id, Reactor* reactor) : id_(std::move(id)), reactor_(reactor) {}
 
   const std::string& id() const override { return id_; }
-  bool Assign(std::vector<v1::Assignment> batch) override;
+  bool Assign(std::vector<sched::Dispatch> batch) override;
   void Cancel(const v1::Lease& lease, const std::string& reason) override;
 
   // Stream ended: no more assignments or writes; returns the leases still
@@ -46,9 +46,9 @@ class Session final : public sched::Executor,
   // WriteDone (a call may not be finished with a write outstanding) and
   // *finish_now is false.
   std::vector<Engine::HeldLease> Close(grpc::Status finish, bool* finish_now);
-  // Removes a lease the worker answered; returns its queue, or nullopt if
-  // this session does not hold it.
-  std::optional<std::string> Forget(const v1::Lease& lease);
+  // Removes a lease the worker answered; returns its scheduler ticket, or
+  // nullopt if this session does not hold it.
+  std::optional<uint64_t> Forget(const v1::Lease& lease);
   void Ack(const v1::Lease& lease, const absl::Status& status);
   // Reactor side: takes the pending message if any (and marks a write in
   // flight), or returns false.
@@ -79,7 +79,7 @@ class Session final : public sched::Executor,
   v1::ServerMessage outbox_ ABSL_GUARDED_BY(mu_);
   struct Held {
     v1::Lease lease;
-    std::string queue;
+    uint64_t ticket = 0;
   };
   absl::flat_hash_map<std::string, Held> held_ ABSL_GUARDED_BY(mu_);
 };
@@ -206,13 +206,13 @@ class Reactor final
 
   void Handle(const v1::WorkerMessage& msg) {
     for (const v1::TaskResult& r : msg.results()) {
-      std::optional<std::string> queue = session_->Forget(r.lease());
-      if (!queue) {
+      std::optional<uint64_t> ticket = session_->Forget(r.lease());
+      if (!ticket) {
         session_->Ack(r.lease(), absl::AbortedError(
                                      "lease not held by this worker session"));
         continue;
       }
-      session_->Ack(r.lease(), engine_.OnResult(session_->id(), *queue, r));
+      session_->Ack(r.lease(), engine_.OnResult(session_->id(), *ticket, r));
     }
     for (const v1::TaskProgress& p : msg.progress()) {
       engine_.OnProgress(p).IgnoreError();  // best effort; fenced by the store
@@ -236,13 +236,13 @@ class Reactor final
   bool ended_ ABSL_GUARDED_BY(end_mu_) = false;
 };
 
-bool Session::Assign(std::vector<v1::Assignment> batch) {
+bool Session::Assign(std::vector<sched::Dispatch> batch) {
   {
     absl::MutexLock lock(&mu_);
     if (closed_) return false;
-    for (v1::Assignment& a : batch) {
-      held_[Key(a.lease())] = Held{a.lease(), a.queue()};
-      *outbox_.add_assignments() = std::move(a);
+    for (sched::Dispatch& d : batch) {
+      held_[Key(d.assignment.lease())] = Held{d.assignment.lease(), d.ticket};
+      *outbox_.add_assignments() = std::move(d.assignment);
     }
     has_outbox_ = true;
   }
@@ -324,21 +324,21 @@ std::vector<Engine::HeldLease> Session::Close(grpc::Status finish,
   if (writing_) pending_finish_ = std::move(finish);
   std::vector<Engine::HeldLease> out;
   out.reserve(held_.size());
-  for (auto& [key, h] : held_) out.push_back(Engine::HeldLease{h.lease, h.queue});
+  for (auto& [key, h] : held_) out.push_back(Engine::HeldLease{h.lease, h.ticket});
   held_.clear();
   return out;
 }
 
-std::optional<std::string> Session::Forget(const v1::Lease& lease) {
+std::optional<uint64_t> Session::Forget(const v1::Lease& lease) {
   absl::MutexLock lock(&mu_);
   auto it = held_.find(Key(lease));
   if (it == held_.end() || it->second.lease.attempt() != lease.attempt() ||
       it->second.lease.epoch() != lease.epoch()) {
     return std::nullopt;
   }
-  std::string queue = std::move(it->second.queue);
+  const uint64_t ticket = it->second.ticket;
   held_.erase(it);
-  return queue;
+  return ticket;
 }
 
 void Session::Detach() {

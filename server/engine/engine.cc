@@ -198,32 +198,35 @@ void Engine::Apply(store::Effects fx) {
 void Engine::Pump(const std::string& queue) {
   // Batches per executor, so several assignments share one stream write.
   std::map<std::string, std::pair<std::shared_ptr<sched::Executor>,
-                                  std::vector<v1::Assignment>>>
+                                  std::vector<sched::Dispatch>>>
       batches;
   while (std::optional<sched::Match> m = scheduler_.Take(queue)) {
     const std::string& executor_id = m->executor->id();
     absl::StatusOr<store::StartResult> started = store_.StartAttempt(
         m->task.graph_id, m->task.index, executor_id, clock_->Now());
     if (!started.ok()) {
-      // Cancelled or gone since it was queued: give the slot back.
-      scheduler_.Release(executor_id, queue);
+      // Cancelled or gone since it was queued: give the reservation back.
+      scheduler_.Release(m->ticket);
       continue;
     }
     tasks_dispatched_.fetch_add(1, std::memory_order_relaxed);
     auto& batch = batches[executor_id];
     if (!batch.first) batch.first = m->executor;
-    batch.second.push_back(std::move(started->assignment));
+    batch.second.push_back(
+        sched::Dispatch{std::move(started->assignment), m->ticket});
     Apply(std::move(started->effects));
   }
   for (auto& [id, batch] : batches) {
-    std::vector<v1::Lease> leases;
-    leases.reserve(batch.second.size());
-    for (const v1::Assignment& a : batch.second) leases.push_back(a.lease());
+    std::vector<HeldLease> held;
+    held.reserve(batch.second.size());
+    for (const sched::Dispatch& d : batch.second) {
+      held.push_back(HeldLease{d.assignment.lease(), d.ticket});
+    }
     if (!batch.first->Assign(std::move(batch.second))) {
       // The executor closed between the match and the hand-over.
-      for (const v1::Lease& lease : leases) {
-        scheduler_.Release(id, queue);
-        LoseLease(lease, absl::StrCat("executor ", id, " closed"));
+      for (const HeldLease& h : held) {
+        scheduler_.Release(h.ticket);
+        LoseLease(h.lease, absl::StrCat("executor ", id, " closed"));
       }
     }
   }
@@ -280,8 +283,9 @@ void Engine::DetachExecutor(const std::string& executor_id,
     absl::MutexLock lock(&mu_);
     executors_.erase(executor_id);
   }
+  std::vector<std::string> queues;
   for (const HeldLease& held : in_flight) {
-    scheduler_.Release(executor_id, held.queue);
+    queues.push_back(scheduler_.Release(held.ticket));
     LoseLease(held.lease,
               absl::StrCat("worker ", executor_id, " disconnected"));
   }
@@ -291,25 +295,22 @@ void Engine::DetachExecutor(const std::string& executor_id,
   ToProto(clock_->Now(), e.mutable_time());
   bus_.PublishGlobal(std::move(e));
   // Queue concurrency freed by the lost leases may let other executors run.
-  std::vector<std::string> queues;
-  for (const HeldLease& held : in_flight) queues.push_back(held.queue);
   std::sort(queues.begin(), queues.end());
   queues.erase(std::unique(queues.begin(), queues.end()), queues.end());
   for (const std::string& q : queues) Pump(q);
 }
 
-absl::Status Engine::OnResult(const std::string& executor_id,
-                              const std::string& queue,
+absl::Status Engine::OnResult(const std::string& executor_id, uint64_t ticket,
                               const v1::TaskResult& result) {
   absl::StatusOr<store::Effects> fx = store_.Complete(result, clock_->Now());
-  scheduler_.Release(executor_id, queue);
+  const std::string queue = scheduler_.Release(ticket);
   if (fx.ok()) {
     Apply(*std::move(fx));
   } else {
     stale_results_.fetch_add(1, std::memory_order_relaxed);
   }
   // The freed slot (and queue concurrency) may take the next task.
-  Pump(queue);
+  if (!queue.empty()) Pump(queue);
   PumpExecutorQueues(executor_id);
   return fx.status();
 }

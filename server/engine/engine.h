@@ -98,15 +98,15 @@ class Engine {
   // held, with their queues.
   struct HeldLease {
     forge::v1::Lease lease;
-    std::string queue;
+    uint64_t ticket = 0;  // from the Dispatch that carried it
   };
   void DetachExecutor(const std::string& executor_id,
                       std::vector<HeldLease> in_flight);
 
-  // A result from an executor for a lease it held in `queue`. The slot is
-  // released whatever the outcome. Returns the ack status: OK, ABORTED for a
-  // stale attempt or lease (nothing changed), NOT_FOUND.
-  absl::Status OnResult(const std::string& executor_id, const std::string& queue,
+  // A result from an executor for a lease it held under `ticket`. The
+  // reservation is released whatever the outcome. Returns the ack status:
+  // OK, ABORTED for a stale attempt or lease (nothing changed), NOT_FOUND.
+  absl::Status OnResult(const std::string& executor_id, uint64_t ticket,
                         const forge::v1::TaskResult& result);
   absl::Status OnProgress(const forge::v1::TaskProgress& progress);
   // Keeps a running attempt's lease alive. ABORTED/NOT_FOUND: the lease is no

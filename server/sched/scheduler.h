@@ -2,12 +2,19 @@
 // capacity.
 //
 // A queue orders its tasks by priority (higher first), then by the store-wide
-// ready sequence (FIFO among equals). An executor (a remote worker session or
-// the command runner) registers the queues it serves and its slots; Take()
-// pairs the best task of a queue with an executor that has a free slot and
-// reserves that slot and a unit of the queue's concurrency. The store is the
-// authority on task state: the caller turns a match into a RUNNING attempt
-// with Store::StartAttempt and calls Release() if the task had moved on.
+// ready sequence (FIFO among equals), within what its ordering mode allows:
+//   relaxed  any READY task may run;
+//   per_key  tasks sharing an ordering_key run at most per_key_concurrency
+//            (default 1) at a time, in READY order; different keys (and tasks
+//            without a key) in parallel;
+//   strict   one running task per queue, global READY order (FIFO).
+// An executor (a remote worker session or the command runner) registers the
+// queues it serves and its slots; Take() pairs the best eligible task of a
+// queue with an executor that has a free slot, reserves that slot, a unit of
+// the queue's concurrency and of its key's, and returns them as a ticket.
+// Release(ticket) gives them back. The store is the authority on task state:
+// the caller turns a match into a RUNNING attempt with Store::StartAttempt
+// and releases the ticket if the task had moved on.
 //
 // Thread-safe. One mutex (Scheduler::mu_), a leaf with respect to the store:
 // the scheduler never calls out while holding it, and never takes another
@@ -18,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -28,6 +36,13 @@
 
 namespace forge::sched {
 
+// One assignment with the scheduler ticket of its reservation. The executor
+// hands the ticket back (through the engine) when the attempt ends.
+struct Dispatch {
+  forge::v1::Assignment assignment;
+  uint64_t ticket = 0;
+};
+
 // Something that runs tasks: receives batches of assignments and cancels.
 // Implementations must not block in these calls (they buffer and return).
 class Executor {
@@ -37,7 +52,7 @@ class Executor {
   virtual const std::string& id() const = 0;
   // Hands over a batch of assignments. Returns false if the executor is
   // closed: the caller then fails those attempts (LEASE_LOST).
-  virtual bool Assign(std::vector<forge::v1::Assignment> batch) = 0;
+  virtual bool Assign(std::vector<Dispatch> batch) = 0;
   // Tells the executor to stop the attempt named by `lease`.
   virtual void Cancel(const forge::v1::Lease& lease,
                       const std::string& reason) = 0;
@@ -52,10 +67,19 @@ struct QueuedTask {
   std::string ordering_key;
 };
 
+enum class OrderingMode { kRelaxed, kPerKey, kStrict };
+
 struct QueueConfig {
   // Most tasks of the queue running at once (0 = unlimited).
   int32_t concurrency = 0;
+  OrderingMode mode = OrderingMode::kRelaxed;
+  // per_key: most running tasks per ordering_key.
+  int32_t per_key_concurrency = 1;
 };
+
+// "relaxed" | "per_key" | "strict".
+const char* OrderingModeName(OrderingMode mode);
+bool ParseOrderingMode(const std::string& name, OrderingMode* mode);
 
 struct QueueStats {
   std::string name;
@@ -63,6 +87,8 @@ struct QueueStats {
   int64_t running = 0;  // reserved slots
   int32_t concurrency = 0;
   int64_t executors = 0;
+  OrderingMode mode = OrderingMode::kRelaxed;
+  int32_t per_key_concurrency = 1;
 };
 
 struct ExecutorStats {
@@ -77,6 +103,9 @@ struct Match {
   QueuedTask task;
   std::string queue;
   std::shared_ptr<Executor> executor;
+  // Names the reservation (slot, queue and key concurrency): Release() it
+  // exactly once when the attempt ends or never starts.
+  uint64_t ticket = 0;
 };
 
 class Scheduler {
@@ -103,10 +132,10 @@ class Scheduler {
   // executor serving it has a free slot.
   std::optional<Match> Take(const std::string& queue) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Returns the slot reserved by a match (the attempt finished, or never
-  // started) and a unit of the queue's concurrency.
-  void Release(const std::string& executor_id, const std::string& queue)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // Returns what a match reserved (the attempt finished, or never started).
+  // Unknown tickets are ignored. Returns the queue of the ticket (to match
+  // again), or an empty string.
+  std::string Release(uint64_t ticket) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Queues served by an executor (to retry matching when it frees a slot).
   std::vector<std::string> QueuesOf(const std::string& executor_id) const
@@ -123,6 +152,26 @@ class Scheduler {
       return a.ready_seq > b.ready_seq;
     }
   };
+  struct BySeq {
+    bool operator()(const QueuedTask& a, const QueuedTask& b) const {
+      return a.ready_seq < b.ready_seq;
+    }
+  };
+  // The first task of an eligible key: best priority, then oldest.
+  struct Head {
+    int32_t priority;
+    uint64_t ready_seq;
+    std::string key;
+    bool operator<(const Head& o) const {
+      if (priority != o.priority) return priority > o.priority;
+      return ready_seq < o.ready_seq;
+    }
+  };
+  struct KeyState {
+    std::set<QueuedTask, BySeq> tasks;  // READY order
+    int32_t running = 0;
+    std::optional<Head> head;  // its entry in Queue::heads, if eligible
+  };
   struct ExecutorEntry {
     std::shared_ptr<Executor> executor;
     std::vector<std::string> queues;
@@ -131,12 +180,27 @@ class Scheduler {
   };
   struct Queue {
     QueueConfig config;
+    // Tasks free of key constraints (relaxed, or per_key without a key).
     std::vector<QueuedTask> heap;  // std::push_heap with Later
+    // Keyed tasks (per_key; strict keeps all its tasks under one key).
+    absl::flat_hash_map<std::string, KeyState> keys;
+    std::set<Head> heads;
+    int64_t depth = 0;
     int64_t running = 0;
     // Executors serving this queue, scanned round-robin from `next`.
     std::vector<std::string> executors;
     size_t next = 0;
   };
+  struct Ticket {
+    std::string executor_id;
+    std::string queue;
+    bool keyed = false;
+    std::string key;
+  };
+
+  // Puts key `key`'s first task among the heads if the key may run one more.
+  static void RefreshHead(Queue& q, const std::string& key);
+  static int32_t KeyLimit(const Queue& q);
 
   Queue& QueueLocked(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -145,6 +209,8 @@ class Scheduler {
   std::map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, ExecutorEntry> executors_
       ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Ticket> tickets_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
 }  // namespace forge::sched

@@ -6,6 +6,7 @@
 
 #include "server/sched/scheduler.h"
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,10 +31,23 @@ class FakeExecutor : public Executor {
 
   const std::string& id() const override { return id_; }
 
-  bool Assign(std::vector<forge::v1::Assignment> batch) override {
+  bool Assign(std::vector<Dispatch> batch) override {
     absl::MutexLock lock(&mu_);
-    batches_.push_back(std::move(batch));
+    std::vector<forge::v1::Assignment> assignments;
+    for (Dispatch& d : batch) {
+      tickets_[absl::StrCat(d.assignment.lease().graph_id(), "/",
+                            d.assignment.lease().task_index())] = d.ticket;
+      assignments.push_back(std::move(d.assignment));
+    }
+    batches_.push_back(std::move(assignments));
     return true;
+  }
+
+  // The ticket of the dispatch of "graph/index".
+  uint64_t TicketOf(const std::string& task) const {
+    absl::MutexLock lock(&mu_);
+    auto it = tickets_.find(task);
+    return it == tickets_.end() ? 0 : it->second;
   }
 
   void Cancel(const forge::v1::Lease& lease,
@@ -60,6 +74,7 @@ class FakeExecutor : public Executor {
   mutable absl::Mutex mu_;
   std::vector<std::vector<forge::v1::Assignment>> batches_ ABSL_GUARDED_BY(mu_);
   std::vector<forge::v1::Lease> cancels_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> tickets_ ABSL_GUARDED_BY(mu_);
 };
 
 QueuedTask Task(const std::string& graph, int32_t index, int32_t priority,
@@ -74,12 +89,15 @@ QueuedTask Task(const std::string& graph, int32_t index, int32_t priority,
 
 // Hands the matched task to its executor (a batch of one), as the engine
 // does once the store started the attempt; returns "graph/index".
-std::string Dispatch(const Match& m) {
-  forge::v1::Assignment a;
-  a.mutable_lease()->set_graph_id(m.task.graph_id);
-  a.mutable_lease()->set_task_index(m.task.index);
-  a.set_queue(m.queue);
-  EXPECT_TRUE(m.executor->Assign({a}));
+std::string DispatchMatch(const Match& m) {
+  Dispatch d;
+  d.assignment.mutable_lease()->set_graph_id(m.task.graph_id);
+  d.assignment.mutable_lease()->set_task_index(m.task.index);
+  d.assignment.set_queue(m.queue);
+  d.ticket = m.ticket;
+  std::vector<Dispatch> batch;
+  batch.push_back(std::move(d));
+  EXPECT_TRUE(m.executor->Assign(std::move(batch)));
   return absl::StrCat(m.task.graph_id, "/", m.task.index);
 }
 
@@ -91,7 +109,7 @@ std::vector<std::string> TakeAll(Scheduler& s, const std::string& queue) {
     std::optional<Match> m = s.Take(queue);
     if (!m) break;
     EXPECT_EQ(m->queue, queue);
-    out.push_back(absl::StrCat(m->executor->id(), ":", Dispatch(*m)));
+    out.push_back(absl::StrCat(m->executor->id(), ":", DispatchMatch(*m)));
   }
   return out;
 }
@@ -142,10 +160,10 @@ TEST(SchedulerTest, QueueConcurrencyLimitIsRespectedAndReleaseFreesIt) {
   EXPECT_EQ(qs[0].depth, 3);
   EXPECT_EQ(qs[0].concurrency, 2);
 
-  s.Release("e", "q");
+  EXPECT_EQ(s.Release(e->TicketOf("g/0")), "q");
   EXPECT_THAT(TakeAll(s, "q"), ElementsAre("e:g/2"));
-  s.Release("e", "q");
-  s.Release("e", "q");
+  s.Release(e->TicketOf("g/1"));
+  s.Release(e->TicketOf("g/2"));
   EXPECT_THAT(TakeAll(s, "q"), ElementsAre("e:g/3", "e:g/4"));
   EXPECT_EQ(s.Queues()[0].running, 2);
   EXPECT_EQ(s.Executors()[0].in_use, 2);
@@ -182,7 +200,7 @@ TEST(SchedulerTest, ExecutorNeverGetsMoreThanItsSlots) {
   for (int i = 0; i < 2; ++i) {
     std::optional<Match> m = s.Take("a");
     ASSERT_TRUE(m.has_value());
-    Dispatch(*m);
+    DispatchMatch(*m);
   }
   EXPECT_THAT(TakeAll(s, "b"), ElementsAre("e:gb/0"));
   EXPECT_THAT(TakeAll(s, "a"), IsEmpty());
@@ -192,12 +210,16 @@ TEST(SchedulerTest, ExecutorNeverGetsMoreThanItsSlots) {
   EXPECT_EQ(s.Executors()[0].in_use, 3);
   EXPECT_EQ(s.Executors()[0].slots, 3);
 
-  s.Release("e", "b");
+  s.Release(e->TicketOf("gb/0"));
   EXPECT_THAT(TakeAll(s, "b"), ElementsAre("e:gb/1"));
   EXPECT_THAT(TakeAll(s, "a"), IsEmpty());
   EXPECT_THAT(e->Received(), ElementsAre("ga/0", "ga/1", "gb/0", "gb/1"));
-  // A stray release cannot push in_use below zero and mint a slot.
-  for (int i = 0; i < 10; ++i) s.Release("e", "a");
+  // A ticket is released once; stray or repeated releases mint no slot.
+  for (const char* t : {"ga/0", "ga/1", "gb/1"}) s.Release(e->TicketOf(t));
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(s.Release(e->TicketOf("ga/0")), "");
+    EXPECT_EQ(s.Release(424242), "");
+  }
   EXPECT_EQ(s.Executors()[0].in_use, 0);
   EXPECT_THAT(TakeAll(s, "a"), ElementsAre("e:ga/2", "e:ga/3", "e:ga/4"));
   EXPECT_EQ(s.Executors()[0].in_use, 3);
@@ -267,8 +289,8 @@ TEST(SchedulerTest, RemovedExecutorGetsNoMoreMatches) {
   EXPECT_THAT(s.QueuesOf("e1"), IsEmpty());
   ASSERT_EQ(s.Executors().size(), 1u);
   EXPECT_EQ(s.Executors()[0].id, "e2");
-  // Releasing the removed executor's slot returns the queue's unit only.
-  s.Release("e1", "q");
+  // Releasing the removed executor's ticket returns the queue's unit only.
+  EXPECT_EQ(s.Release(m->ticket), "q");
   EXPECT_EQ(s.Queues()[0].running, 5);
 
   s.RemoveExecutor("e2");
@@ -320,6 +342,84 @@ TEST(SchedulerTest, StatsReportQueuesAndExecutors) {
   EXPECT_EQ(es[1].slots, 2);
   EXPECT_EQ(es[1].in_use, 2);
   EXPECT_THAT(s.QueuesOf("x"), ElementsAre("b", "a"));
+}
+
+QueuedTask Keyed(const std::string& graph, int32_t index, int32_t priority,
+                 uint64_t ready_seq, const std::string& key) {
+  QueuedTask t = Task(graph, index, priority, ready_seq);
+  t.ordering_key = key;
+  return t;
+}
+
+TEST(SchedulerTest, PerKeyRunsOneTaskPerKeyInReadyOrderAndKeysInParallel) {
+  Scheduler s;
+  QueueConfig c;
+  c.mode = OrderingMode::kPerKey;
+  s.Configure("agents", c);
+  auto e = std::make_shared<FakeExecutor>("e");
+  s.AddExecutor(e, {"agents"}, 10);
+  // Per key, READY order wins over priority; keyless tasks are free.
+  s.Enqueue("agents", Keyed("g", 0, 0, 1, "claude"));
+  s.Enqueue("agents", Keyed("g", 1, 9, 2, "claude"));
+  s.Enqueue("agents", Keyed("g", 2, 0, 3, "gemini"));
+  s.Enqueue("agents", Keyed("g", 3, 0, 4, "gemini"));
+  s.Enqueue("agents", Keyed("g", 4, 0, 5, ""));
+  s.Enqueue("agents", Keyed("g", 5, 0, 6, ""));
+  EXPECT_THAT(TakeAll(s, "agents"),
+              ElementsAre("e:g/0", "e:g/2", "e:g/4", "e:g/5"));
+  EXPECT_EQ(s.Queues()[0].depth, 2);
+  s.Release(e->TicketOf("g/2"));  // gemini's next may start
+  EXPECT_THAT(TakeAll(s, "agents"), ElementsAre("e:g/3"));
+  s.Release(e->TicketOf("g/4"));  // a keyless release frees no key
+  EXPECT_THAT(TakeAll(s, "agents"), IsEmpty());
+  s.Release(e->TicketOf("g/0"));
+  EXPECT_THAT(TakeAll(s, "agents"), ElementsAre("e:g/1"));
+}
+
+TEST(SchedulerTest, PerKeyConcurrencyAllowsNPerKey) {
+  Scheduler s;
+  QueueConfig c;
+  c.mode = OrderingMode::kPerKey;
+  c.per_key_concurrency = 2;
+  s.Configure("q", c);
+  auto e = std::make_shared<FakeExecutor>("e");
+  s.AddExecutor(e, {"q"}, 10);
+  for (int i = 0; i < 5; ++i) s.Enqueue("q", Keyed("g", i, 0, i + 1, "k"));
+  EXPECT_THAT(TakeAll(s, "q"), ElementsAre("e:g/0", "e:g/1"));
+  s.Release(e->TicketOf("g/1"));
+  EXPECT_THAT(TakeAll(s, "q"), ElementsAre("e:g/2"));
+}
+
+TEST(SchedulerTest, StrictRunsOneTaskPerQueueInReadyOrder) {
+  Scheduler s;
+  QueueConfig c;
+  c.mode = OrderingMode::kStrict;
+  s.Configure("q", c);
+  auto e = std::make_shared<FakeExecutor>("e");
+  s.AddExecutor(e, {"q"}, 10);
+  s.Enqueue("q", Keyed("g", 0, 0, 3, "a"));
+  s.Enqueue("q", Keyed("g", 1, 50, 4, "b"));  // priority does not overtake
+  s.Enqueue("q", Keyed("g", 2, 0, 1, ""));    // became READY first
+  std::vector<std::string> order;
+  for (int i = 0; i < 3; ++i) {
+    std::vector<std::string> got = TakeAll(s, "q");
+    ASSERT_EQ(got.size(), 1u);
+    order.push_back(got[0]);
+    EXPECT_THAT(TakeAll(s, "q"), IsEmpty());  // one at a time
+    s.Release(e->TicketOf(got[0].substr(2)));
+  }
+  EXPECT_THAT(order, ElementsAre("e:g/2", "e:g/0", "e:g/1"));
+}
+
+TEST(SchedulerTest, OrderingModesParseAndPrint) {
+  for (OrderingMode m :
+       {OrderingMode::kRelaxed, OrderingMode::kPerKey, OrderingMode::kStrict}) {
+    OrderingMode parsed;
+    ASSERT_TRUE(ParseOrderingMode(OrderingModeName(m), &parsed));
+    EXPECT_EQ(parsed, m);
+  }
+  OrderingMode unused;
+  EXPECT_FALSE(ParseOrderingMode("fifo", &unused));
 }
 
 }  // namespace
