@@ -427,6 +427,43 @@ CommandResult RunCancel(Context& ctx) {
   return kExitOk;
 }
 
+CommandResult RunQueues(Context& ctx) {
+  ASSIGN_OR_RETURN(Client * client, ctx.client());
+  ASSIGN_OR_RETURN(forge::v1::ListQueuesResponse response, client->ListQueues());
+  if (ctx.output != Output::kTable) {
+    PrintMessage(ctx, response);
+    return kExitOk;
+  }
+  Table table({"QUEUE", "DEPTH", "RUNNING", "LIMIT", "ORDERING", "WORKERS"});
+  for (const forge::v1::QueueInfo& q : response.queues()) {
+    std::string ordering = q.ordering();
+    if (ordering == "per_key") {
+      absl::StrAppend(&ordering, " (", q.per_key_concurrency(), "/key)");
+    }
+    table.AddRow({q.name(), absl::StrCat(q.depth()), absl::StrCat(q.running()),
+                  q.concurrency() == 0 ? "-" : absl::StrCat(q.concurrency()),
+                  ordering, absl::StrCat(q.workers())});
+  }
+  Print(table.Render());
+  return kExitOk;
+}
+
+CommandResult RunWorkers(Context& ctx) {
+  ASSIGN_OR_RETURN(Client * client, ctx.client());
+  ASSIGN_OR_RETURN(forge::v1::ListWorkersResponse response, client->ListWorkers());
+  if (ctx.output != Output::kTable) {
+    PrintMessage(ctx, response);
+    return kExitOk;
+  }
+  Table table({"WORKER", "QUEUES", "SLOTS", "IN FLIGHT"});
+  for (const forge::v1::WorkerInfo& w : response.workers()) {
+    table.AddRow({w.worker_id(), absl::StrJoin(w.queues(), ","),
+                  absl::StrCat(w.slots()), absl::StrCat(w.in_flight())});
+  }
+  Print(table.Render());
+  return kExitOk;
+}
+
 CommandResult RunDot(Context& ctx) {
   ASSIGN_OR_RETURN(Client * client, ctx.client());
   ASSIGN_OR_RETURN(forge::v1::Graph graph,
@@ -514,6 +551,10 @@ const std::vector<Command>& Commands() {
        1,
        1,
        RunCancel},
+      {"queues", "", "show each queue's depth, running tasks, limits and mode",
+       {}, 0, 0, RunQueues},
+      {"workers", "", "show connected workers, their queues, slots and tasks",
+       {}, 0, 0, RunWorkers},
       {"dot",
        "ID",
        "print the graph as Graphviz (forgectl dot ID | dot -Tsvg)",

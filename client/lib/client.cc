@@ -245,6 +245,22 @@ absl::StatusOr<forge::v1::ListGraphsResponse> Client::ListGraphs(
       });
 }
 
+absl::StatusOr<forge::v1::ListQueuesResponse> Client::ListQueues() {
+  return CallUnary<forge::v1::ListQueuesRequest, forge::v1::ListQueuesResponse>(
+      forge::v1::ListQueuesRequest(), impl_->options().rpc_timeout,
+      [this](auto* context, auto* req, auto* resp, auto done) {
+        impl_->stub()->async()->ListQueues(context, req, resp, std::move(done));
+      });
+}
+
+absl::StatusOr<forge::v1::ListWorkersResponse> Client::ListWorkers() {
+  return CallUnary<forge::v1::ListWorkersRequest, forge::v1::ListWorkersResponse>(
+      forge::v1::ListWorkersRequest(), impl_->options().rpc_timeout,
+      [this](auto* context, auto* req, auto* resp, auto done) {
+        impl_->stub()->async()->ListWorkers(context, req, resp, std::move(done));
+      });
+}
+
 absl::StatusOr<forge::v1::Task> Client::GetTask(const std::string& graph_id,
                                                 const std::string& task) {
   forge::v1::GetTaskRequest request;

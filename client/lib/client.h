@@ -84,6 +84,9 @@ class Client {
   // page_token for the next page.
   absl::StatusOr<forge::v1::ListGraphsResponse> ListGraphs(
       const forge::v1::ListGraphsRequest& request);
+  // The scheduler's queues and the connected workers (forgectl queues/workers).
+  absl::StatusOr<forge::v1::ListQueuesResponse> ListQueues();
+  absl::StatusOr<forge::v1::ListWorkersResponse> ListWorkers();
 
   // One task of a graph, with its attempt history.
   absl::StatusOr<forge::v1::Task> GetTask(const std::string& graph_id,

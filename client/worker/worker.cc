@@ -150,6 +150,8 @@ class WorkerCore {
   WorkerStats stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // From TaskContext (handler threads).
+  void ReportCheckpoint(Task* task, std::string checkpoint)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void ReportProgress(Task* task, int64_t step, int64_t total,
                       std::string message) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -686,6 +688,23 @@ void WorkerCore::ReportProgress(Task* task, int64_t step, int64_t total,
   Perform(op);
 }
 
+void WorkerCore::ReportCheckpoint(Task* task, std::string checkpoint) {
+  StreamOp op;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = live_tasks_.find(task->key);
+    if (task->generation != generation_ || closing_ ||
+        it == live_tasks_.end() || it->second.get() != task) {
+      return;
+    }
+    v1::TaskProgress& progress = pending_progress_[task->key];
+    *progress.mutable_lease() = task->assignment.lease();
+    progress.set_checkpoint(std::move(checkpoint));
+    op = NextOpLocked();
+  }
+  Perform(op);
+}
+
 }  // namespace internal
 
 // ---------------------------------------------------------------------------
@@ -708,6 +727,10 @@ bool TaskContext::WaitCancelled(absl::Duration d) {
 void TaskContext::ReportProgress(int64_t step, int64_t total,
                                  std::string message) {
   task_->core->ReportProgress(task_, step, total, std::move(message));
+}
+
+void TaskContext::Checkpoint(std::string checkpoint) {
+  task_->core->ReportCheckpoint(task_, std::move(checkpoint));
 }
 
 // ---------------------------------------------------------------------------

@@ -109,6 +109,9 @@ class TaskContext {
   // Queues a progress report. Reports waiting for the wire are coalesced: only
   // the latest one of a task is sent. Dropped once the task's stream is gone.
   void ReportProgress(int64_t step, int64_t total, std::string message);
+  // Saves opaque state to resume from: if this attempt fails, the task's next
+  // attempt receives the latest checkpoint in assignment().checkpoint().
+  void Checkpoint(std::string checkpoint);
 
  private:
   friend struct internal::Task;

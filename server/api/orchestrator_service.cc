@@ -425,4 +425,33 @@ grpc::ServerUnaryReactor* OrchestratorService::CancelTask(
   return reactor;
 }
 
+grpc::ServerUnaryReactor* OrchestratorService::ListQueues(
+    grpc::CallbackServerContext* context, const v1::ListQueuesRequest* request,
+    v1::ListQueuesResponse* response) {
+  for (const sched::QueueStats& q : engine_.scheduler().Queues()) {
+    v1::QueueInfo* out = response->add_queues();
+    out->set_name(q.name);
+    out->set_depth(q.depth);
+    out->set_running(q.running);
+    out->set_concurrency(q.concurrency);
+    out->set_ordering(sched::OrderingModeName(q.mode));
+    out->set_per_key_concurrency(q.per_key_concurrency);
+    out->set_workers(q.executors);
+  }
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* OrchestratorService::ListWorkers(
+    grpc::CallbackServerContext* context, const v1::ListWorkersRequest* request,
+    v1::ListWorkersResponse* response) {
+  for (const sched::ExecutorStats& e : engine_.scheduler().Executors()) {
+    v1::WorkerInfo* out = response->add_workers();
+    out->set_worker_id(e.id);
+    for (const std::string& q : e.queues) out->add_queues(q);
+    out->set_slots(e.slots);
+    out->set_in_flight(e.in_use);
+  }
+  return FinishNow(context, absl::OkStatus());
+}
+
 }  // namespace forge::api

@@ -57,6 +57,14 @@ class OrchestratorService final : public forge::v1::Orchestrator::CallbackServic
       grpc::CallbackServerContext* context,
       const forge::v1::CancelTaskRequest* request,
       forge::v1::CancelTaskResponse* response) override;
+  grpc::ServerUnaryReactor* ListQueues(
+      grpc::CallbackServerContext* context,
+      const forge::v1::ListQueuesRequest* request,
+      forge::v1::ListQueuesResponse* response) override;
+  grpc::ServerUnaryReactor* ListWorkers(
+      grpc::CallbackServerContext* context,
+      const forge::v1::ListWorkersRequest* request,
+      forge::v1::ListWorkersResponse* response) override;
 
  private:
   Engine& engine_;

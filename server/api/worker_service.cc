@@ -204,16 +204,9 @@ class Reactor final
     return absl::OkStatus();
   }
 
+  // Progress and heartbeats first: a worker's progress (and checkpoint) for
+  // an attempt precedes its result even when one message carries both.
   void Handle(const v1::WorkerMessage& msg) {
-    for (const v1::TaskResult& r : msg.results()) {
-      std::optional<uint64_t> ticket = session_->Forget(r.lease());
-      if (!ticket) {
-        session_->Ack(r.lease(), absl::AbortedError(
-                                     "lease not held by this worker session"));
-        continue;
-      }
-      session_->Ack(r.lease(), engine_.OnResult(session_->id(), *ticket, r));
-    }
     for (const v1::TaskProgress& p : msg.progress()) {
       engine_.OnProgress(p).IgnoreError();  // best effort; fenced by the store
     }
@@ -223,6 +216,15 @@ class Reactor final
         // cancelled, lease lost): tell the worker to stop working on it.
         session_->Cancel(lease, "lease is no longer current");
       }
+    }
+    for (const v1::TaskResult& r : msg.results()) {
+      std::optional<uint64_t> ticket = session_->Forget(r.lease());
+      if (!ticket) {
+        session_->Ack(r.lease(), absl::AbortedError(
+                                     "lease not held by this worker session"));
+        continue;
+      }
+      session_->Ack(r.lease(), engine_.OnResult(session_->id(), *ticket, r));
     }
   }
 

@@ -35,6 +35,8 @@ struct Store::TaskRuntime {
   std::string output;
   std::unique_ptr<v1::TaskError> error;
   std::unique_ptr<v1::Progress> progress;
+  // Latest checkpoint of any attempt; handed to the next attempt.
+  std::string checkpoint;
   absl::Time ready_at = absl::InfinitePast();
   absl::Time started_at = absl::InfinitePast();
   absl::Time finished_at = absl::InfinitePast();
@@ -529,6 +531,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
       spec.timeouts().has_run() ? FromProto(spec.timeouts().run())
                                 : options_.defaults.run_timeout;
   as.set_run_timeout_ms(absl::ToInt64Milliseconds(run_timeout));
+  as.set_checkpoint(t.checkpoint);
   int64_t budget = options_.max_total_upstream_bytes;
   for (int32_t d : g.compiled.deps[index]) {
     const TaskRuntime& td = g.tasks[d];
@@ -574,6 +577,16 @@ absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
   Effects fx;
   Transition tx(*this, g, shard.rng, now, fx);
   t.last_heartbeat = now;
+  if (!progress.checkpoint().empty()) {
+    if (static_cast<int64_t>(progress.checkpoint().size()) >
+        options_.max_checkpoint_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "checkpoint: ", progress.checkpoint().size(),
+          " bytes exceeds the limit of ", options_.max_checkpoint_bytes));
+    }
+    t.checkpoint = progress.checkpoint();
+  }
+  if (!progress.has_progress()) return fx;  // a checkpoint alone: no event
   t.progress = std::make_unique<v1::Progress>(progress.progress());
   *tx.EmitTask(v1::TASK_PROGRESS, i).mutable_progress() = progress.progress();
   return fx;

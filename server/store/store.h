@@ -114,6 +114,8 @@ struct StoreOptions {
   // Largest output kept for a task (bigger outputs are refused with
   // INVALID_ARGUMENT at completion).
   int64_t max_output_bytes = 4 << 20;
+  // Largest checkpoint an attempt may report.
+  int64_t max_checkpoint_bytes = 1 << 20;
   // Outputs up to this size are also carried by the TASK_SUCCEEDED event.
   int64_t max_event_output_bytes = 4 << 10;
 };

@@ -101,4 +101,12 @@ elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 "$bin/forgectl" get "$sid" | grep -q "^nap .*CANCELLED" || fail "nap not CANCELLED"
 [ "$elapsed_ms" -lt 1000 ] || fail "cancel took ${elapsed_ms} ms"
 echo "ok: running task CANCELLED in ${elapsed_ms} ms"
+
+# 5. Operators see the workers and the queues.
+"$bin/forgectl" workers >"$work/workers.txt"
+for w in w-a w-b w-slow; do grep -q "^$w" "$work/workers.txt" || fail "no worker $w: $(cat "$work/workers.txt")"; done
+"$bin/forgectl" queues >"$work/queues.txt"
+grep -q "^default .*relaxed" "$work/queues.txt" || fail "no default queue: $(cat "$work/queues.txt")"
+grep -q "^slow " "$work/queues.txt" || fail "no slow queue: $(cat "$work/queues.txt")"
+echo "ok: workers and queues listed"
 echo "cli_e2e: all passed"

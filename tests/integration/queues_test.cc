@@ -121,3 +121,62 @@ TEST(ServerConfigTest, BadValuesNameTheKeyAndLine) {
 
 }  // namespace
 }  // namespace forge::testing
+
+namespace forge::testing {
+namespace {
+
+TEST_F(PerKeyTest, ListQueuesAndListWorkersShowTheScheduler) {
+  StartWorker({"agents", "default"}, 3, Echo, "lister");
+  v1::GraphSpec g;
+  AddTask(g, "stuck", {}, "nobody");
+  Submit(g);
+  grpc::ClientContext c1;
+  v1::ListQueuesResponse queues;
+  ASSERT_TRUE(stub().ListQueues(&c1, v1::ListQueuesRequest(), &queues).ok());
+  std::map<std::string, v1::QueueInfo> by_name;
+  for (const v1::QueueInfo& q : queues.queues()) by_name[q.name()] = q;
+  EXPECT_EQ(by_name["agents"].ordering(), "per_key");
+  EXPECT_EQ(by_name["agents"].per_key_concurrency(), 1);
+  EXPECT_EQ(by_name["agents"].workers(), 1);
+  EXPECT_EQ(by_name["nobody"].depth(), 1);
+  EXPECT_EQ(by_name["nobody"].workers(), 0);
+  grpc::ClientContext c2;
+  v1::ListWorkersResponse workers;
+  ASSERT_TRUE(stub().ListWorkers(&c2, v1::ListWorkersRequest(), &workers).ok());
+  ASSERT_EQ(workers.workers_size(), 1);
+  EXPECT_EQ(workers.workers(0).worker_id().rfind("lister", 0), 0u);
+  EXPECT_EQ(workers.workers(0).slots(), 3);
+  EXPECT_EQ(workers.workers(0).queues_size(), 2);
+}
+
+TEST_F(ForgeTest, ACheckpointIsHandedToTheNextAttempt) {
+  absl::Mutex mu;
+  std::vector<std::string> seen;  // checkpoint received by each attempt
+  StartWorker({"default"}, 1, [&](client::TaskContext& ctx) {
+    const v1::Assignment& a = ctx.assignment();
+    {
+      absl::MutexLock lock(&mu);
+      seen.push_back(a.checkpoint());
+    }
+    client::TaskOutcome o;
+    if (a.lease().attempt() == 1) {
+      ctx.Checkpoint("resume-at-7");
+      ctx.ReportProgress(7, 10, "halfway");
+      o.success = false;
+      o.error_code = "CRASHED";
+      return o;
+    }
+    o.output = "resumed from " + a.checkpoint();
+    return o;
+  });
+  v1::GraphSpec g;
+  AddTask(g, "job");
+  v1::Graph done = WaitTerminal(Submit(g));
+  EXPECT_EQ(done.state(), v1::GRAPH_STATE_SUCCEEDED);
+  EXPECT_EQ(TaskOf(done, "job").output(), "resumed from resume-at-7");
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(seen, (std::vector<std::string>{"", "resume-at-7"}));
+}
+
+}  // namespace
+}  // namespace forge::testing
