@@ -134,8 +134,14 @@ void ForgeServer::Shutdown(absl::Duration grace) {
     shut_down_ = true;
   }
   if (!server_) return;
+  // Stop intake, let running attempts finish within the grace (their results
+  // are still accepted), then end every call: workers see their streams end
+  // with UNAVAILABLE and reconnect elsewhere or later.
   server_->GetHealthCheckService()->SetServingStatus(false);
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  engine_->Drain(absl::Now() + grace);
+  // Streams (workers, watchers) never end by themselves: a short moment for
+  // unary calls in flight, then everything is cancelled.
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
 }
 
 void ForgeServer::Wait() {

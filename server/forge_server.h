@@ -54,8 +54,9 @@ class ForgeServer {
   int metrics_port() const;
   std::string address() const;
 
-  // Health goes NOT_SERVING, then in-flight calls get `grace` to finish
-  // before they are cancelled. Idempotent.
+  // Graceful stop: health goes NOT_SERVING, submits get UNAVAILABLE, nothing
+  // new is dispatched, running attempts get up to `grace` to report, then
+  // every call ends. Blocks (not for reactor threads). Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
   // Blocks until Shutdown() completes.
   void Wait();

@@ -35,6 +35,10 @@ EngineCounters Engine::counters() const {
 
 void Engine::Submit(const v1::SubmitGraphRequest& request,
                     Done<v1::SubmitGraphResponse> done) {
+  if (draining()) {
+    done(absl::UnavailableError("server is shutting down; retry elsewhere"));
+    return;
+  }
   if (static_cast<int64_t>(request.request_id().size()) >
       options_.max_request_id_bytes) {
     done(absl::InvalidArgumentError(absl::StrCat(
@@ -155,6 +159,12 @@ absl::Status Engine::WhenTerminal(const std::string& graph_id,
   if (!fx.ok()) return fx.status();
   Apply(*std::move(fx));
   return absl::OkStatus();
+}
+
+bool Engine::Drain(absl::Time deadline) {
+  draining_.store(true, std::memory_order_release);
+  scheduler_.SetPaused(true);
+  return scheduler_.AwaitIdle(deadline);
 }
 
 // --- Effects -----------------------------------------------------------------

@@ -113,6 +113,12 @@ class Engine {
   // longer current (the caller tells the worker to stop).
   absl::Status OnHeartbeat(const forge::v1::Lease& lease);
 
+  // Graceful shutdown: new submits get UNAVAILABLE, nothing new is
+  // dispatched, and the call blocks until every running attempt has ended
+  // or `deadline` passes; true if they all ended. Not for reactor threads.
+  bool Drain(absl::Time deadline);
+  bool draining() const { return draining_.load(std::memory_order_acquire); }
+
   // --- Introspection ---------------------------------------------------------
   sched::Scheduler& scheduler() { return scheduler_; }
   store::Store& store() { return store_; }
@@ -140,6 +146,7 @@ class Engine {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<sched::Executor>> executors_
       ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> draining_{false};
   std::atomic<int64_t> graphs_submitted_{0};
   std::atomic<int64_t> tasks_submitted_{0};
   std::atomic<int64_t> tasks_dispatched_{0};

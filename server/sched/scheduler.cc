@@ -118,7 +118,7 @@ std::optional<Match> Scheduler::Take(const std::string& queue) {
   auto qit = queues_.find(queue);
   if (qit == queues_.end()) return std::nullopt;
   Queue& q = qit->second;
-  if (q.executors.empty()) return std::nullopt;
+  if (paused_ || q.executors.empty()) return std::nullopt;
   if (q.config.concurrency > 0 && q.running >= q.config.concurrency) {
     return std::nullopt;
   }
@@ -190,6 +190,20 @@ std::string Scheduler::Release(uint64_t ticket) {
     }
   }
   return t.queue;
+}
+
+void Scheduler::SetPaused(bool paused) {
+  absl::MutexLock lock(&mu_);
+  paused_ = paused;
+}
+
+bool Scheduler::AwaitIdle(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithDeadline(
+      absl::Condition(
+          +[](absl::flat_hash_map<uint64_t, Ticket>* t) { return t->empty(); },
+          &tickets_),
+      deadline);
 }
 
 std::vector<std::string> Scheduler::QueuesOf(

@@ -32,6 +32,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "forge/v1/worker.pb.h"
 
 namespace forge::sched {
@@ -141,6 +142,12 @@ class Scheduler {
   std::vector<std::string> QueuesOf(const std::string& executor_id) const
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Stops (or resumes) matching: while paused, Take() returns nothing.
+  void SetPaused(bool paused) ABSL_LOCKS_EXCLUDED(mu_);
+  // Blocks until no reservation is outstanding (every running attempt has
+  // ended) or `deadline`; true if idle. Woken by Release(), never polls.
+  bool AwaitIdle(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+
   std::vector<QueueStats> Queues() const ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<ExecutorStats> Executors() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -211,6 +218,7 @@ class Scheduler {
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Ticket> tickets_ ABSL_GUARDED_BY(mu_);
   uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
+  bool paused_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace forge::sched

@@ -14,7 +14,8 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- forged log"; cat "$work/forged.log" || true; exit 1; }
 
-"$bin/forged" --listen 127.0.0.1:0 --metrics-listen "" 2>"$work/forged.log" &
+"$bin/forged" --listen 127.0.0.1:0 --metrics-listen "" --shutdown-grace-seconds 5 \
+  2>"$work/forged.log" &
 pids+=($!)
 port=""
 for _ in $(seq 1 100); do
@@ -109,4 +110,18 @@ for w in w-a w-b w-slow; do grep -q "^$w" "$work/workers.txt" || fail "no worker
 grep -q "^default .*relaxed" "$work/queues.txt" || fail "no default queue: $(cat "$work/queues.txt")"
 grep -q "^slow " "$work/queues.txt" || fail "no slow queue: $(cat "$work/queues.txt")"
 echo "ok: workers and queues listed"
+
+# 6. SIGTERM under load: forged stops intake, drains and exits 0 in the grace.
+"$bin/forgectl" submit -f "$examples/fanout.yaml" >/dev/null
+start=$(date +%s%N)
+kill -TERM "${pids[0]}"
+set +e
+wait "${pids[0]}"
+rc=$?
+set -e
+elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+[ "$rc" -eq 0 ] || fail "forged exited $rc on SIGTERM"
+grep -q "forged: stopped" "$work/forged.log" || fail "forged did not stop cleanly"
+[ "$elapsed_ms" -lt 6000 ] || fail "shutdown took ${elapsed_ms} ms"
+echo "ok: SIGTERM under load: exit 0 in ${elapsed_ms} ms"
 echo "cli_e2e: all passed"

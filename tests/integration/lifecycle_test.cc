@@ -1,5 +1,6 @@
 // Cancellation, lost workers and Watch, end to end over loopback gRPC.
 #include <atomic>
+#include <thread>
 
 #include "absl/synchronization/notification.h"
 #include "forge/v1/worker.grpc.pb.h"
@@ -308,6 +309,47 @@ TEST_F(ForgeTest, GlobalWatchFiltersByLabelAndResumesWithItsToken) {
   for (size_t i = 0; i < rest.size(); ++i) {
     EXPECT_EQ(rest[i].seq(), seen[consumed + i].seq());
   }
+}
+
+}  // namespace
+}  // namespace forge::testing
+
+namespace forge::testing {
+namespace {
+
+TEST_F(ForgeTest, GracefulShutdownRefusesSubmitsAndLetsRunningTasksFinish) {
+  absl::Notification started;
+  absl::Notification release;
+  StartWorker({"default"}, 1, [&](client::TaskContext& ctx) {
+    started.Notify();
+    release.WaitForNotificationWithTimeout(absl::Seconds(10));
+    return Echo(ctx);
+  });
+  v1::GraphSpec g;
+  AddTask(g, "running");
+  AddTask(g, "queued");  // the single slot is busy: never dispatched
+  const std::string id = Submit(g);
+  ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(10)));
+
+  std::thread stopper([&] { server().Shutdown(absl::Seconds(20)); });
+  // Submits are refused with UNAVAILABLE once draining.
+  grpc::StatusCode code = grpc::StatusCode::OK;
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < until) {
+    v1::SubmitGraphResponse resp;
+    v1::GraphSpec other;
+    AddTask(other, "late");
+    code = TrySubmit(other, &resp).error_code();
+    if (code != grpc::StatusCode::OK) break;
+  }
+  EXPECT_EQ(code, grpc::StatusCode::UNAVAILABLE);
+  // The running attempt still reports and is recorded; nothing new starts.
+  release.Notify();
+  stopper.join();
+  const v1::Graph after = server().engine().GetGraph(id, v1::FULL).value();
+  EXPECT_EQ(TaskOf(after, "running").state(), v1::SUCCEEDED);
+  EXPECT_EQ(TaskOf(after, "queued").state(), v1::READY);
+  EXPECT_EQ(TaskOf(after, "queued").attempt(), 0);
 }
 
 }  // namespace
