@@ -152,6 +152,10 @@ class WorkerCore {
   // From TaskContext (handler threads).
   void ReportCheckpoint(Task* task, std::string checkpoint)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The pending progress entry of a live task's attempt (lease set), or
+  // nullptr if the attempt is over.
+  v1::TaskProgress* PendingProgressLocked(Task* task)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReportProgress(Task* task, int64_t step, int64_t total,
                       std::string message) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -668,21 +672,27 @@ void WorkerCore::Finish(const std::shared_ptr<Task>& task,
   Perform(op);
 }
 
+v1::TaskProgress* WorkerCore::PendingProgressLocked(Task* task) {
+  auto it = live_tasks_.find(task->key);
+  if (task->generation != generation_ || closing_ || it == live_tasks_.end() ||
+      it->second.get() != task) {
+    return nullptr;  // the attempt is over or its stream is gone
+  }
+  v1::TaskProgress& progress = pending_progress_[task->key];
+  *progress.mutable_lease() = task->assignment.lease();
+  return &progress;
+}
+
 void WorkerCore::ReportProgress(Task* task, int64_t step, int64_t total,
                                 std::string message) {
   StreamOp op;
   {
     absl::MutexLock lock(&mu_);
-    auto it = live_tasks_.find(task->key);
-    if (task->generation != generation_ || closing_ ||
-        it == live_tasks_.end() || it->second.get() != task) {
-      return;
-    }
-    v1::TaskProgress& progress = pending_progress_[task->key];
-    *progress.mutable_lease() = task->assignment.lease();
-    progress.mutable_progress()->set_step(step);
-    progress.mutable_progress()->set_total(total);
-    progress.mutable_progress()->set_message(std::move(message));
+    v1::TaskProgress* progress = PendingProgressLocked(task);
+    if (progress == nullptr) return;
+    progress->mutable_progress()->set_step(step);
+    progress->mutable_progress()->set_total(total);
+    progress->mutable_progress()->set_message(std::move(message));
     op = NextOpLocked();
   }
   Perform(op);
@@ -692,14 +702,9 @@ void WorkerCore::ReportCheckpoint(Task* task, std::string checkpoint) {
   StreamOp op;
   {
     absl::MutexLock lock(&mu_);
-    auto it = live_tasks_.find(task->key);
-    if (task->generation != generation_ || closing_ ||
-        it == live_tasks_.end() || it->second.get() != task) {
-      return;
-    }
-    v1::TaskProgress& progress = pending_progress_[task->key];
-    *progress.mutable_lease() = task->assignment.lease();
-    progress.set_checkpoint(std::move(checkpoint));
+    v1::TaskProgress* progress = PendingProgressLocked(task);
+    if (progress == nullptr) return;
+    progress->set_checkpoint(std::move(checkpoint));
     op = NextOpLocked();
   }
   Perform(op);
