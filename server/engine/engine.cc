@@ -62,8 +62,10 @@ void Engine::Submit(const v1::SubmitGraphRequest& request,
   const int32_t tasks = request.graph().tasks_size();
   // The event log exists before the graph can be seen, so a Watch opened
   // right after the reply never finds the graph without its log.
+  // A fresh ULID cannot collide; the bus's status only flags misuse.
   bus_.CreateGraph(id, {request.graph().labels().begin(),
-                        request.graph().labels().end()});
+                        request.graph().labels().end()})
+      .IgnoreError();
   absl::StatusOr<store::InsertResult> inserted =
       store_.Insert(id, request.request_id(), request.graph(),
                     *std::move(compiled), now);
@@ -170,7 +172,11 @@ bool Engine::Drain(absl::Time deadline) {
 // --- Effects -----------------------------------------------------------------
 
 void Engine::Apply(store::Effects fx) {
-  if (!fx.events.empty()) bus_.Publish(fx.graph_id, std::move(fx.events));
+  if (!fx.events.empty()) {
+    // The store assigned dense seqs; a log the bus declared broken already
+    // ends its subscribers with DATA_LOSS, so there is nothing more to do.
+    bus_.Publish(fx.graph_id, std::move(fx.events)).IgnoreError();
+  }
   if (!fx.ready.empty()) {
     std::vector<std::string> queues;
     for (store::ReadyTask& r : fx.ready) {
@@ -281,7 +287,7 @@ void Engine::AttachExecutor(std::shared_ptr<sched::Executor> executor,
   e.set_worker_id(id);
   ToProto(clock_->Now(), e.mutable_time());
   e.set_message(display_name);
-  bus_.PublishGlobal(std::move(e));
+  bus_.PublishGlobal(std::move(e)).IgnoreError();  // names no graph: never refused
   scheduler_.AddExecutor(std::move(executor), std::move(queues), slots);
   PumpExecutorQueues(id);
 }
@@ -303,7 +309,7 @@ void Engine::DetachExecutor(const std::string& executor_id,
   e.set_type(v1::WORKER_LOST);
   e.set_worker_id(executor_id);
   ToProto(clock_->Now(), e.mutable_time());
-  bus_.PublishGlobal(std::move(e));
+  bus_.PublishGlobal(std::move(e)).IgnoreError();  // names no graph: never refused
   // Queue concurrency freed by the lost leases may let other executors run.
   std::sort(queues.begin(), queues.end());
   queues.erase(std::unique(queues.begin(), queues.end()), queues.end());

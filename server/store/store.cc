@@ -555,12 +555,10 @@ absl::StatusOr<Effects> Store::Complete(const v1::TaskResult& result,
   absl::MutexLock lock(&shard.mu);
   ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, lease.graph_id()));
   GraphRecord& g = *found;
-  ASSIGN_OR_RETURN(TaskRuntime* const running, FenceLocked(g, lease));
-  TaskRuntime& t = *running;
-  const int32_t i = lease.task_index();
+  RETURN_IF_ERROR(FenceLocked(g, lease).status());
   Effects fx;
   Transition tx(*this, g, shard.rng, now, fx);
-  tx.FinishAttempt(i, result);
+  tx.FinishAttempt(lease.task_index(), result);
   return fx;
 }
 
