@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
-  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libyaml-cpp-dev
+  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev
   clang-14 libclang-rt-14-dev
   python3 python3-grpcio python3-protobuf
 )
@@ -17,6 +17,21 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
+
+# Node.js and npm, for the Node example worker and its test (client/node/).
+# A node already on PATH (nvm, NodeSource, a tarball) is kept as it is;
+# otherwise Debian's nodejs (18, enough for @grpc/grpc-js) and npm. Debian
+# ships npm apart from nodejs: it is added only next to a dpkg-owned node.
+if ! command -v node >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+elif ! command -v npm >/dev/null 2>&1; then
+  if dpkg -S "$(readlink -f "$(command -v node)")" >/dev/null 2>&1; then
+    missing+=(npm)
+  else
+    echo "install-deps: npm not found next to $(command -v node);" \
+         "install it for the Node polyglot test" >&2
+  fi
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"

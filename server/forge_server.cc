@@ -5,6 +5,8 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "server/api/orchestrator_service.h"
 #include "server/api/worker_service.h"
@@ -12,10 +14,13 @@
 
 namespace forge {
 
+namespace v1 = ::forge::v1;
+
 namespace {
 
 // Everything /metrics shows, read at scrape time.
-std::vector<prometheus::MetricFamily> Collect(Engine& engine) {
+std::vector<prometheus::MetricFamily> Collect(Engine& engine,
+                                              const exec::CommandRunner* runner) {
   using prometheus::MetricType;
   const EngineCounters c = engine.counters();
   const events::EventBus& bus = engine.bus();
@@ -63,6 +68,17 @@ std::vector<prometheus::MetricFamily> Collect(Engine& engine) {
   gauge("forge_workers_connected", "Connected executors.", workers);
   gauge("forge_worker_slots", "Slots of connected executors.", slots);
   gauge("forge_worker_free_slots", "Free slots of connected executors.", free_slots);
+  if (runner != nullptr) {
+    const exec::RunnerStats r = runner->stats();
+    gauge("forge_runner_processes_running", "Command runner processes alive.",
+          r.running);
+    counter("forge_runner_processes_started_total",
+            "Processes started by the command runner.", r.started);
+    counter("forge_runner_processes_killed_total",
+            "Process groups the command runner had to SIGKILL.", r.killed);
+    counter("forge_runner_spawn_failures_total",
+            "Runner attempts that could not start a process.", r.spawn_failures);
+  }
   return out;
 }
 
@@ -78,6 +94,28 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
                                         s->bus_.get());
   for (const auto& [name, config] : options.queues) {
     s->engine_->scheduler().Configure(name, config);
+  }
+  if (!options.runner.profiles.empty()) {
+    Engine* engine = s->engine_.get();
+    exec::RunnerSink sink;
+    sink.result = [engine](const std::string& executor_id, uint64_t ticket,
+                           const v1::TaskResult& result) {
+      return engine->OnResult(executor_id, ticket, result);
+    };
+    sink.output = [engine](const v1::TaskOutput& output) {
+      return engine->OnOutput(output);
+    };
+    absl::StatusOr<std::unique_ptr<exec::CommandRunner>> runner =
+        exec::CommandRunner::Start(options.runner, s->timers_.get(), std::move(sink));
+    if (!runner.ok()) return runner.status();
+    s->runner_ = *std::move(runner);
+    exec::CommandRunner* r = s->runner_.get();
+    engine->SetSpecValidator(
+        [r](const v1::GraphSpec& spec) { return r->ValidateSpec(spec); });
+    for (const exec::CommandRunner::ProfileExecutor& e : r->executors()) {
+      engine->AttachExecutor(e.executor, e.queues, e.slots,
+                             absl::StrCat("runner:", e.name));
+    }
   }
   s->orchestrator_ = std::make_unique<api::OrchestratorService>(
       s->engine_.get(), s->timers_.get(), options.watch);
@@ -102,7 +140,9 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
     absl::StatusOr<std::unique_ptr<obs::MetricsServer>> metrics =
         obs::MetricsServer::Start(
             options.metrics_listen,
-            std::make_shared<obs::ScrapeCollector>([engine] { return Collect(*engine); }));
+            std::make_shared<obs::ScrapeCollector>([engine, runner = s->runner_.get()] {
+              return Collect(*engine, runner);
+            }));
     if (!metrics.ok()) return metrics.status();
     s->metrics_ = *std::move(metrics);
   }
@@ -115,6 +155,7 @@ ForgeServer::~ForgeServer() {
   // Reverse order of construction: the server (and its reactors) go first.
   metrics_.reset();
   server_.reset();
+  runner_.reset();
   timers_->Shutdown();
 }
 
@@ -139,6 +180,8 @@ void ForgeServer::Shutdown(absl::Duration grace) {
   // with UNAVAILABLE and reconnect elsewhere or later.
   server_->GetHealthCheckService()->SetServingStatus(false);
   engine_->Drain(absl::Now() + grace);
+  // Runner processes still going after the grace: SIGTERM, then SIGKILL.
+  if (runner_) runner_->Shutdown(std::min(grace, runner_->config().kill_grace));
   // Streams (workers, watchers) never end by themselves: a short moment for
   // unary calls in flight, then everything is cancelled.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));

@@ -13,6 +13,7 @@
 #include "server/api/orchestrator_service.h"
 #include "server/engine/engine.h"
 #include "server/events/event_bus.h"
+#include "server/exec/runner.h"
 #include "server/sched/timer_service.h"
 
 namespace grpc {
@@ -36,6 +37,8 @@ struct ServerOptions {
   api::WatchOptions watch;
   // Per-queue configuration (others get engine.default_queue).
   std::map<std::string, sched::QueueConfig> queues;
+  // The built-in command runner; off unless it has profiles.
+  exec::RunnerConfig runner;
   // Prometheus /metrics address; empty = no metrics endpoint.
   std::string metrics_listen;
   // Largest gRPC message accepted or sent (a 1,000,000-task graph is ~40 MB).
@@ -62,6 +65,8 @@ class ForgeServer {
   void Wait();
 
   Engine& engine() { return *engine_; }
+  // The command runner, or null when no profile is configured.
+  exec::CommandRunner* runner() { return runner_.get(); }
 
  private:
   ForgeServer() = default;
@@ -71,6 +76,7 @@ class ForgeServer {
   std::unique_ptr<TimerService> timers_;
   std::unique_ptr<events::EventBus> bus_;
   std::unique_ptr<Engine> engine_;
+  std::unique_ptr<exec::CommandRunner> runner_;
   std::unique_ptr<api::OrchestratorService> orchestrator_;
   std::unique_ptr<api::WorkerServiceImpl> workers_;
   std::unique_ptr<grpc::Server> server_;

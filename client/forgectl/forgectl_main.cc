@@ -300,6 +300,41 @@ CommandResult RunWait(Context& ctx) {
   return WaitAndReport(ctx, client, ctx.args.positional()[0], timeout);
 }
 
+// Runs a watch; when the server cuts the subscriber off for falling behind
+// (RESOURCE_EXHAUSTED), resumes where the last delivered message left off, a
+// few times at most.
+absl::Status WatchResuming(
+    Client* client, forge::v1::WatchRequest request,
+    const std::function<bool(const forge::v1::WatchResponse&)>& on_message) {
+  const bool graph = request.has_graph();
+  int64_t last_seq = graph ? request.graph().after_seq() : 0;
+  std::string last_token = graph ? "" : request.all().resume_token();
+  const auto track = [&](const forge::v1::WatchResponse& response) {
+    if (response.has_snapshot()) {
+      last_seq = std::max(last_seq, response.snapshot().last_seq());
+    }
+    for (const forge::v1::Event& event : response.events()) {
+      if (graph) last_seq = std::max(last_seq, event.seq());
+    }
+    if (!response.resume_token().empty()) last_token = response.resume_token();
+    return on_message(response);
+  };
+  constexpr int kMaxResumes = 10;
+  for (int resumes = 0;; ++resumes) {
+    absl::Status status = client->Watch(request, track);
+    if (status.code() != absl::StatusCode::kResourceExhausted ||
+        resumes == kMaxResumes) {
+      return status;
+    }
+    if (graph) {
+      request.mutable_graph()->set_after_seq(last_seq);
+      request.mutable_graph()->set_replay(false);
+    } else {
+      request.mutable_all()->set_resume_token(last_token);
+    }
+  }
+}
+
 CommandResult RunWatch(Context& ctx) {
   const bool all = ctx.args.Has("all");
   forge::v1::WatchRequest request;
@@ -346,14 +381,9 @@ CommandResult RunWatch(Context& ctx) {
   }
   ASSIGN_OR_RETURN(Client * client, ctx.client());
 
-  // A subscriber that falls behind is ended with RESOURCE_EXHAUSTED; resume
-  // where the last delivered message left off (a few times at most).
-  int64_t last_seq = request.has_graph() ? request.graph().after_seq() : 0;
-  std::string last_token = all ? request.all().resume_token() : "";
   const auto on_message = [&](const forge::v1::WatchResponse& response) {
     std::string out;
     if (response.has_snapshot()) {
-      last_seq = std::max(last_seq, response.snapshot().last_seq());
       if (ctx.output == Output::kTable) {
         const forge::v1::Graph& g = response.snapshot();
         absl::StrAppend(&out, "snapshot graph=", g.id(),
@@ -367,7 +397,6 @@ CommandResult RunWatch(Context& ctx) {
       }
     }
     for (const forge::v1::Event& event : response.events()) {
-      if (!all) last_seq = std::max(last_seq, event.seq());
       switch (ctx.output) {
         case Output::kTable:
           absl::StrAppend(&out, EventLine(event, all), "\n");
@@ -380,25 +409,68 @@ CommandResult RunWatch(Context& ctx) {
           break;
       }
     }
-    if (!response.resume_token().empty()) last_token = response.resume_token();
     Print(out);
     return true;
   };
-  constexpr int kMaxResumes = 10;
-  for (int resumes = 0;; ++resumes) {
-    absl::Status status = client->Watch(request, on_message);
-    if (status.code() != absl::StatusCode::kResourceExhausted ||
-        resumes == kMaxResumes) {
-      RETURN_IF_ERROR(status);
-      return kExitOk;
-    }
-    if (all) {
-      request.mutable_all()->set_resume_token(last_token);
-    } else {
-      request.mutable_graph()->set_after_seq(last_seq);
-      request.mutable_graph()->set_replay(false);
-    }
+  RETURN_IF_ERROR(WatchResuming(client, std::move(request), on_message));
+  return kExitOk;
+}
+
+bool TaskEnded(forge::v1::EventType type) {
+  return type == forge::v1::TASK_SUCCEEDED || type == forge::v1::TASK_FAILED ||
+         type == forge::v1::TASK_CANCELLED || type == forge::v1::TASK_SKIPPED;
+}
+
+// The kept output of a task is the TASK_OUTPUT events of its graph's log:
+// replayed from seq 1, up to the graph's last event (or, with -f, live until
+// the task ends). stdout chunks go to stdout, stderr chunks to stderr.
+CommandResult RunLogs(Context& ctx) {
+  const std::string& graph_id = ctx.args.positional()[0];
+  const std::string& task_name = ctx.args.positional()[1];
+  const bool follow = ctx.args.Has("follow");
+  int64_t attempt = 0;
+  if (ctx.args.Has("attempt")) {
+    ASSIGN_OR_RETURN(attempt, ParseIntFlag("attempt", ctx.args.Get("attempt"), 1));
   }
+  ASSIGN_OR_RETURN(Client * client, ctx.client());
+  // NOT_FOUND for an unknown graph or task, before anything is streamed.
+  RETURN_IF_ERROR(client->GetTask(graph_id, task_name).status());
+  int64_t stop_at = 0;
+  if (!follow) {
+    ASSIGN_OR_RETURN(forge::v1::Graph g, client->GetGraph(graph_id, forge::v1::BASIC));
+    stop_at = g.last_seq();
+  }
+  forge::v1::WatchRequest request;
+  request.mutable_graph()->set_graph_id(graph_id);
+  request.mutable_graph()->set_replay(true);
+  int32_t shown_attempt = 0;
+  const auto on_message = [&](const forge::v1::WatchResponse& response) {
+    for (const forge::v1::Event& e : response.events()) {
+      if (!follow && e.seq() > stop_at) return false;
+      if (e.task() != task_name) continue;
+      if (e.type() == forge::v1::TASK_OUTPUT &&
+          (attempt == 0 || e.attempt() == attempt)) {
+        if (ctx.output == Output::kJson) {
+          Print(absl::StrCat(ToJson(e, /*pretty=*/false), "\n"));
+        } else {
+          if (shown_attempt != 0 && e.attempt() != shown_attempt) {
+            const std::string note =
+                absl::StrCat("[forgectl: attempt ", e.attempt(), "]\n");
+            std::fwrite(note.data(), 1, note.size(), stderr);
+          }
+          shown_attempt = e.attempt();
+          std::FILE* to = e.stream() == forge::v1::STDERR ? stderr : stdout;
+          std::fwrite(e.data().data(), 1, e.data().size(), to);
+          std::fflush(to);
+        }
+      }
+      if (follow && TaskEnded(e.type())) return false;
+      if (!follow && e.seq() >= stop_at) return false;
+    }
+    return true;
+  };
+  RETURN_IF_ERROR(WatchResuming(client, std::move(request), on_message));
+  return kExitOk;
 }
 
 CommandResult RunCancel(Context& ctx) {
@@ -543,6 +615,15 @@ const std::vector<Command>& Commands() {
        0,
        1,
        RunWatch},
+      {"logs",
+       "ID TASK [-f] [--attempt N]",
+       "print a task's output (stdout to stdout, stderr to stderr); -f follows "
+       "it live until the task ends",
+       {{"follow", "f", false, "", "keep streaming until the task ends"},
+        {"attempt", "", true, "N", "only this attempt's output"}},
+       2,
+       2,
+       RunLogs},
       {"cancel",
        "ID [--task NAME] [--reason R]",
        "cancel a graph, or one task of it",

@@ -252,6 +252,10 @@ std::string EventLine(const forge::v1::Event& event, bool with_graph) {
   if (!event.message().empty()) {
     absl::StrAppend(&line, " message=", ShowBytes(event.message(), 80));
   }
+  if (event.stream() != forge::v1::OUTPUT_STREAM_UNSPECIFIED) {
+    absl::StrAppend(&line, " ", event.stream() == forge::v1::STDERR ? "stderr" : "stdout",
+                    " bytes=", event.data().size());
+  }
   if (!event.data().empty()) {
     absl::StrAppend(&line, " data=", ShowBytes(event.data(), 60));
   }

@@ -210,6 +210,9 @@ class Reactor final
     for (const v1::TaskProgress& p : msg.progress()) {
       engine_.OnProgress(p).IgnoreError();  // best effort; fenced by the store
     }
+    for (const v1::TaskOutput& o : msg.output()) {
+      engine_.OnOutput(o).IgnoreError();  // best effort; fenced and capped
+    }
     for (const v1::Lease& lease : msg.heartbeat().leases()) {
       if (!engine_.OnHeartbeat(lease).ok()) {
         // The server no longer considers this attempt current (timed out,

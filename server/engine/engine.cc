@@ -57,6 +57,12 @@ void Engine::Submit(const v1::SubmitGraphRequest& request,
                       absl::StrCat("graph.", compiled.status().message())));
     return;
   }
+  if (validator_) {
+    if (absl::Status s = validator_(request.graph()); !s.ok()) {
+      done(absl::Status(s.code(), absl::StrCat("graph.", s.message())));
+      return;
+    }
+  }
   const absl::Time now = clock_->Now();
   const std::string id = NewUlid(now);
   const int32_t tasks = request.graph().tasks_size();
@@ -219,7 +225,8 @@ void Engine::Pump(const std::string& queue) {
   while (std::optional<sched::Match> m = scheduler_.Take(queue)) {
     const std::string& executor_id = m->executor->id();
     absl::StatusOr<store::StartResult> started = store_.StartAttempt(
-        m->task.graph_id, m->task.index, executor_id, clock_->Now());
+        m->task.graph_id, m->task.index, executor_id, clock_->Now(),
+        m->executor->needs_heartbeat());
     if (!started.ok()) {
       // Cancelled or gone since it was queued: give the reservation back.
       scheduler_.Release(m->ticket);
@@ -337,6 +344,13 @@ absl::Status Engine::OnHeartbeat(const v1::Lease& lease) {
 
 absl::Status Engine::OnProgress(const v1::TaskProgress& progress) {
   absl::StatusOr<store::Effects> fx = store_.Progress(progress, clock_->Now());
+  if (!fx.ok()) return fx.status();
+  Apply(*std::move(fx));
+  return absl::OkStatus();
+}
+
+absl::Status Engine::OnOutput(const v1::TaskOutput& output) {
+  absl::StatusOr<store::Effects> fx = store_.Output(output, clock_->Now());
   if (!fx.ok()) return fx.status();
   Apply(*std::move(fx));
   return absl::OkStatus();

@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -86,6 +87,15 @@ class Engine {
   absl::Status WhenTerminal(const std::string& graph_id,
                             store::TerminalWaiter waiter);
 
+  // Extra validation of submitted specs beyond graph::Compile (the command
+  // runner checks that tasks on its queues carry the params its profiles
+  // need). Set before the server serves; INVALID_ARGUMENT with the field.
+  using SpecValidator =
+      std::function<absl::Status(const forge::v1::GraphSpec& spec)>;
+  void SetSpecValidator(SpecValidator validator) {
+    validator_ = std::move(validator);
+  }
+
   // --- Executors -----------------------------------------------------------
 
   // Registers an executor; tasks of its queues start flowing to it.
@@ -109,6 +119,8 @@ class Engine {
   absl::Status OnResult(const std::string& executor_id, uint64_t ticket,
                         const forge::v1::TaskResult& result);
   absl::Status OnProgress(const forge::v1::TaskProgress& progress);
+  // A chunk of live output of a running attempt -> TASK_OUTPUT (fenced).
+  absl::Status OnOutput(const forge::v1::TaskOutput& output);
   // Keeps a running attempt's lease alive. ABORTED/NOT_FOUND: the lease is no
   // longer current (the caller tells the worker to stop).
   absl::Status OnHeartbeat(const forge::v1::Lease& lease);
@@ -146,6 +158,8 @@ class Engine {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<sched::Executor>> executors_
       ABSL_GUARDED_BY(mu_);
+  // Set once before serving (SetSpecValidator), read-only afterwards.
+  SpecValidator validator_;
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> graphs_submitted_{0};
   std::atomic<int64_t> tasks_submitted_{0};

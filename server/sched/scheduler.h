@@ -57,6 +57,10 @@ class Executor {
   // Tells the executor to stop the attempt named by `lease`.
   virtual void Cancel(const forge::v1::Lease& lease,
                       const std::string& reason) = 0;
+  // Whether its attempts hold heartbeat leases. Remote workers do; an
+  // in-process executor that supervises its attempts itself (the command
+  // runner) does not, and only the run timeout applies.
+  virtual bool needs_heartbeat() const { return true; }
 };
 
 // A READY task waiting in a queue (a reference: the store holds the task).

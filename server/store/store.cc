@@ -35,6 +35,8 @@ struct Store::TaskRuntime {
   std::string output;
   std::unique_ptr<v1::TaskError> error;
   std::unique_ptr<v1::Progress> progress;
+  // Live output published by the current attempt (TASK_OUTPUT bytes).
+  int64_t output_published = 0;
   // Latest checkpoint of any attempt; handed to the next attempt.
   std::string checkpoint;
   absl::Time ready_at = absl::InfinitePast();
@@ -194,8 +196,9 @@ class Store::Transition {
     }
   }
 
-  // Arms the run-timeout and heartbeat timers of task i's new attempt.
-  void ArmAttemptTimers(int32_t i) {
+  // Arms the run-timeout and (if `heartbeat`) heartbeat timers of task i's
+  // new attempt.
+  void ArmAttemptTimers(int32_t i, bool heartbeat) {
     const TaskRuntime& t = g_.tasks[i];
     const v1::Timeouts& to = g_.spec.tasks(i).timeouts();
     const graph::PolicyDefaults& d = store_.options_.defaults;
@@ -205,6 +208,7 @@ class Store::Transition {
     for (auto [kind, after] : {std::pair{AttemptTimer::kRun, run},
                                std::pair{AttemptTimer::kHeartbeat, hb}}) {
       if (after <= absl::ZeroDuration()) continue;  // 0 = no limit
+      if (kind == AttemptTimer::kHeartbeat && !heartbeat) continue;
       AttemptTimer& timer = fx_.attempt_timers.emplace_back();
       timer.kind = kind;
       timer.graph_id = g_.id;
@@ -487,7 +491,8 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
 absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
                                                 int32_t index,
                                                 const std::string& worker_id,
-                                                absl::Time now) {
+                                                absl::Time now,
+                                                bool heartbeat) {
   Shard& shard = ShardFor(graph_id);
   absl::MutexLock lock(&shard.mu);
   ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
@@ -509,6 +514,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   t.worker_id = worker_id;
   t.started_at = now;
   t.last_heartbeat = now;
+  t.output_published = 0;
   t.progress.reset();
   tx.SetState(index, v1::RUNNING);
   v1::Attempt& a = t.attempts.emplace_back();
@@ -517,7 +523,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   a.set_state(v1::RUNNING);
   ToProto(now, a.mutable_started_at());
   tx.EmitTask(v1::TASK_STARTED, index).set_worker_id(worker_id);
-  tx.ArmAttemptTimers(index);
+  tx.ArmAttemptTimers(index, heartbeat);
 
   const v1::TaskSpec& spec = g.spec.tasks(index);
   v1::Assignment& as = result.assignment;
@@ -527,6 +533,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   as.set_input(spec.input());
   *as.mutable_params() = spec.params();
   *as.mutable_labels() = spec.labels();
+  *as.mutable_env() = spec.env();
   const absl::Duration run_timeout =
       spec.timeouts().has_run() ? FromProto(spec.timeouts().run())
                                 : options_.defaults.run_timeout;
@@ -587,6 +594,41 @@ absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
   if (!progress.has_progress()) return fx;  // a checkpoint alone: no event
   t.progress = std::make_unique<v1::Progress>(progress.progress());
   *tx.EmitTask(v1::TASK_PROGRESS, i).mutable_progress() = progress.progress();
+  return fx;
+}
+
+absl::StatusOr<Effects> Store::Output(const v1::TaskOutput& output,
+                                      absl::Time now) {
+  if (output.stream() != v1::STDOUT && output.stream() != v1::STDERR) {
+    return absl::InvalidArgumentError("output.stream: must be STDOUT or STDERR");
+  }
+  const int64_t size = static_cast<int64_t>(output.data().size());
+  if (size > options_.max_output_chunk_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output.data: ", size, " bytes exceeds the chunk limit of ",
+                     options_.max_output_chunk_bytes));
+  }
+  const v1::Lease& lease = output.lease();
+  Shard& shard = ShardFor(lease.graph_id());
+  absl::MutexLock lock(&shard.mu);
+  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, lease.graph_id()));
+  GraphRecord& g = *found;
+  ASSIGN_OR_RETURN(TaskRuntime* const running, FenceLocked(g, lease));
+  TaskRuntime& t = *running;
+  t.last_heartbeat = now;
+  if (t.output_published + size > options_.max_attempt_output_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "output: attempt ", lease.attempt(), " has published ",
+        t.output_published, " bytes; the limit is ",
+        options_.max_attempt_output_bytes));
+  }
+  t.output_published += size;
+  Effects fx;
+  if (size == 0) return fx;
+  Transition tx(*this, g, shard.rng, now, fx);
+  v1::Event& e = tx.EmitTask(v1::TASK_OUTPUT, lease.task_index());
+  e.set_stream(output.stream());
+  e.set_data(output.data());
   return fx;
 }
 

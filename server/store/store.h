@@ -114,6 +114,11 @@ struct StoreOptions {
   // Largest output kept for a task (bigger outputs are refused with
   // INVALID_ARGUMENT at completion).
   int64_t max_output_bytes = 4 << 20;
+  // Live output (TASK_OUTPUT): largest chunk, and most bytes one attempt may
+  // publish (a safety net for the event log's memory; the command runner caps
+  // its own output well below it).
+  int64_t max_output_chunk_bytes = 64 << 10;
+  int64_t max_attempt_output_bytes = 8 << 20;
   // Largest checkpoint an attempt may report.
   int64_t max_checkpoint_bytes = 1 << 20;
   // Outputs up to this size are also carried by the TASK_SUCCEEDED event.
@@ -155,10 +160,14 @@ class Store {
   // new attempt. FAILED_PRECONDITION if the task is no longer READY (it was
   // cancelled, or is waiting for a retry backoff), NOT_FOUND if the graph is
   // gone. The assignment carries the input, params and upstream outputs.
+  // `heartbeat`: arm the heartbeat lease timer (false for executors that
+  // supervise the attempt themselves, such as the in-process command runner;
+  // the run timeout still applies).
   absl::StatusOr<StartResult> StartAttempt(const std::string& graph_id,
                                            int32_t index,
                                            const std::string& worker_id,
-                                           absl::Time now);
+                                           absl::Time now,
+                                           bool heartbeat = true);
 
   // Records the outcome of the attempt named by result.lease(). Fenced: a
   // result whose (attempt, epoch) is not the task's current running one is
@@ -170,6 +179,14 @@ class Store {
   // Records progress of the running attempt (fenced like Complete).
   absl::StatusOr<Effects> Progress(const forge::v1::TaskProgress& progress,
                                    absl::Time now);
+
+  // Publishes a chunk of the running attempt's live output as a TASK_OUTPUT
+  // event (fenced like Complete; counts as a sign of life). INVALID_ARGUMENT
+  // for a chunk over max_output_chunk_bytes or an unknown stream,
+  // RESOURCE_EXHAUSTED once the attempt has published
+  // max_attempt_output_bytes.
+  absl::StatusOr<Effects> Output(const forge::v1::TaskOutput& output,
+                                 absl::Time now);
 
   // Keeps the lease of a running attempt alive (fenced like Complete).
   absl::Status Heartbeat(const forge::v1::Lease& lease, absl::Time now);

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # python_client_and_worker: forged + the Python example worker and client
-# (client/python/). Usage:
-#   PYTHONPATH=<build>/python python_test.sh FORGED CLIENT.py WORKER.py [PYTHON3]
+# (client/python/), graphs submitted by the Python client and by forgectl.
+# Usage:
+#   PYTHONPATH=<build>/python python_test.sh FORGED CLIENT.py WORKER.py PYTHON3 FORGECTL
 set -euo pipefail
 
 FORGED=$1
 CLIENT=$2
 WORKER=$3
-PY=${4:-python3}
+PY=$4
+FORGECTL=$5
 
 tmp=$(mktemp -d)
 forged_pid=""
@@ -117,6 +119,39 @@ assert first["number"] == 1, first
 assert first["worker_id"].startswith("pyworker"), first
 for name, want in (("a", b"hello"), ("d", b"d")):
     got = base64.b64decode(tasks[name].get("output", ""))
+    assert got == want, (name, got)
+EOF
+
+# --- a graph submitted with forgectl, run by the Python worker --------------
+# join is on the worker's second queue.
+cat >"$tmp/forgectl.yaml" <<'EOF'
+name: py-forgectl
+tasks:
+  - {name: fetch, queue: polyglot-py, input: from forgectl}
+  - {name: left, queue: polyglot-py, depends_on: [fetch]}
+  - {name: join, queue: other, depends_on: [fetch, left], input: joined}
+EOF
+rc=0
+"$FORGECTL" --server "$server" submit -f "$tmp/forgectl.yaml" --wait \
+  >"$tmp/forgectl.out" 2>"$tmp/forgectl.err" || rc=$?
+[[ $rc -eq 0 ]] || fail "forgectl submit --wait exited $rc"
+ctl_id=$(sed -n 1p "$tmp/forgectl.out")
+[[ $(sed -n 2p "$tmp/forgectl.out") == "$ctl_id SUCCEEDED succeeded=3" ]] ||
+  fail "the forgectl graph did not end SUCCEEDED with 3 tasks"
+"$FORGECTL" --server "$server" get "$ctl_id" -o json >"$tmp/forgectl.json" \
+  2>"$tmp/forgectl-get.err" || fail "forgectl get failed"
+"$PY" - "$tmp/forgectl.json" <<'EOF' || fail "forgectl get output is not as expected"
+import base64, json, sys
+graph = json.load(open(sys.argv[1]))
+assert graph["state"] == "GRAPH_STATE_SUCCEEDED", graph["state"]
+tasks = {t["spec"]["name"]: t for t in graph["tasks"]}
+assert sorted(tasks) == ["fetch", "join", "left"], sorted(tasks)
+for name, want in (("fetch", b"from forgectl"), ("left", b"left"),
+                   ("join", b"joined")):
+    task = tasks[name]
+    assert task["state"] == "SUCCEEDED", (name, task["state"])
+    assert [a["worker_id"][:9] for a in task["attempts"]] == ["pyworker-"], task
+    got = base64.b64decode(task.get("output", ""))
     assert got == want, (name, got)
 EOF
 

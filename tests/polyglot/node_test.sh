@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# node_worker: forged + the Node.js example worker (client/node/), graphs
+# submitted with forgectl. Usage:
+#   NODE_PATH=<dir>/node_modules node_test.sh FORGED FORGECTL WORKER.js [NODE]
+# NODE_PATH is where `npm ci` put @grpc/grpc-js and @grpc/proto-loader.
+set -euo pipefail
+
+FORGED=$1
+FORGECTL=$2
+WORKER=$3
+NODE=${4:-node}
+
+tmp=$(mktemp -d)
+forged_pid=""
+worker_pid=""
+failer_pid=""
+cleanup() {
+  for pid in $worker_pid $failer_pid $forged_pid; do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  for f in "$tmp"/*.log "$tmp"/*.out "$tmp"/*.err; do
+    [[ -f $f ]] && { echo "--- $f" >&2; cat "$f" >&2; }
+  done
+  exit 1
+}
+
+# wait_for_line FILE REGEX PID WHAT: up to ~10 s for REGEX to appear in FILE
+# while PID is alive.
+wait_for_line() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    grep -Eq "$2" "$1" && return 0
+    kill -0 "$3" 2>/dev/null || fail "$4 exited before it was ready"
+    sleep 0.1
+  done
+  fail "$4 not ready within 10 s"
+}
+
+# wait_until WHAT CMD...: up to ~10 s for CMD to succeed.
+wait_until() {
+  local what=$1 i
+  shift
+  for ((i = 0; i < 100; i++)); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  fail "$what within 10 s"
+}
+
+# wait_exit PID WHAT: up to ~5 s for PID to exit; sets exit_rc.
+wait_exit() {
+  local i
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$1" 2>/dev/null && fail "$2 still running 5 s after SIGTERM"
+  exit_rc=0
+  wait "$1" || exit_rc=$?
+}
+
+ctl() { "$FORGECTL" --server "$server" "$@"; }
+
+# check_json FILE WHAT <<'EOF' ... EOF: runs the JavaScript on stdin with
+# `doc` = FILE parsed and helpers: out(task) decodes a task's output,
+# byName(graph) maps task names to tasks, ns(timestamp) is nanoseconds.
+check_json() {
+  local file=$1 what=$2
+  { cat <<'EOF'
+const assert = require('node:assert/strict');
+const doc = JSON.parse(require('node:fs').readFileSync(process.argv[2], 'utf8'));
+const out = (t) => Buffer.from(t.output || '', 'base64').toString('utf8');
+const byName = (g) => Object.fromEntries(g.tasks.map((t) => [t.spec.name, t]));
+const ns = (ts) => {
+  const [, base, frac = ''] = ts.match(/^(.*?:\d\d)(?:\.(\d+))?Z$/);
+  return BigInt(Date.parse(`${base}Z`)) * 1000000n + BigInt(frac.padEnd(9, '0'));
+};
+EOF
+    cat
+  } >"$tmp/check.js"
+  "$NODE" "$tmp/check.js" "$file" >"$tmp/check.err" 2>&1 ||
+    fail "$what: $(cat "$tmp/check.err")"
+}
+
+# --- forged on a free port --------------------------------------------------
+"$FORGED" --listen 127.0.0.1:0 --metrics-listen "" --ephemeral 2>"$tmp/forged.log" &
+forged_pid=$!
+wait_for_line "$tmp/forged.log" '^forged: listening on ' "$forged_pid" forged
+port=$(sed -n 's/^forged: listening on [^ ]*:\([0-9][0-9]*\) .*/\1/p' "$tmp/forged.log")
+[[ -n $port ]] || fail "no port in forged's listening line"
+server=127.0.0.1:$port
+
+# --- usage errors: exit 2 ---------------------------------------------------
+rc=0
+"$NODE" "$WORKER" --server "$server" --queue q --slots 0 >/dev/null 2>&1 || rc=$?
+[[ $rc -eq 2 ]] || fail "forge_worker.js --slots 0 exited $rc, want 2"
+rc=0
+"$NODE" "$WORKER" --server "$server" --queue q --mode nope >/dev/null 2>&1 || rc=$?
+[[ $rc -eq 2 ]] || fail "forge_worker.js --mode nope exited $rc, want 2"
+
+# --- the Node workers -------------------------------------------------------
+# nodeworker computes "NAME(dep=OUTPUT,...)" from the upper-cased input and
+# the upstream outputs; it heartbeats every 200 ms so tasks whose heartbeat
+# timeout is 1 s survive only if its heartbeats arrive. nodefail fails
+# everything it runs.
+"$NODE" "$WORKER" --server "$server" --queue polyglot-node --queue other-node \
+  --slots 2 --name nodeworker --mode upper --heartbeat-ms 200 2>"$tmp/worker.log" &
+worker_pid=$!
+"$NODE" "$WORKER" --server "$server" --queue polyglot-node-fail \
+  --slots 1 --name nodefail --mode fail 2>"$tmp/failer.log" &
+failer_pid=$!
+wait_for_line "$tmp/worker.log" '^forge_worker: connected as nodeworker-' \
+  "$worker_pid" "forge_worker.js (nodeworker)"
+wait_for_line "$tmp/failer.log" '^forge_worker: connected as nodefail-' \
+  "$failer_pid" "forge_worker.js (nodefail)"
+
+# --- a diamond submitted with forgectl: a; b, c after a; d after b and c ----
+# c is on the worker's second queue.
+cat >"$tmp/diamond.yaml" <<'EOF'
+name: node-diamond
+labels: {suite: polyglot}
+tasks:
+  - {name: a, queue: polyglot-node, input: hello}
+  - {name: b, queue: polyglot-node, depends_on: [a]}
+  - {name: c, queue: other-node, depends_on: [a], input: see}
+  - {name: d, queue: polyglot-node, depends_on: [b, c]}
+EOF
+rc=0
+ctl submit -f "$tmp/diamond.yaml" --wait >"$tmp/diamond.out" 2>"$tmp/diamond.err" || rc=$?
+[[ $rc -eq 0 ]] || fail "forgectl submit --wait of the diamond exited $rc"
+graph_id=$(sed -n 1p "$tmp/diamond.out")
+[[ $graph_id =~ ^[0-9A-Z]{26}$ ]] || fail "first line is not a graph id: '$graph_id'"
+[[ $(sed -n 2p "$tmp/diamond.out") == "$graph_id SUCCEEDED succeeded=4" ]] ||
+  fail "the diamond did not end SUCCEEDED with 4 tasks"
+
+ctl get "$graph_id" -o json >"$tmp/diamond.json" 2>"$tmp/get.err" || fail "forgectl get failed"
+check_json "$tmp/diamond.json" "diamond" <<'EOF'
+assert.equal(doc.state, 'GRAPH_STATE_SUCCEEDED');
+const t = byName(doc);
+assert.deepEqual(Object.keys(t).sort(), ['a', 'b', 'c', 'd']);
+for (const task of doc.tasks) {
+  assert.equal(task.state, 'SUCCEEDED', task.spec.name);
+  assert.equal(task.attempts.length, 1, task.spec.name);
+  assert.match(task.attempts[0].worker_id, /^nodeworker-/, task.spec.name);
+}
+// Outputs the Node worker computed, with the data of every edge in them.
+assert.equal(out(t.a), 'HELLO');
+assert.equal(out(t.b), 'B(a=HELLO)');
+assert.equal(out(t.c), 'SEE(a=HELLO)');
+assert.equal(out(t.d), 'D(b=B(a=HELLO),c=SEE(a=HELLO))');
+EOF
+
+# --- slots and heartbeats: 4 tasks of 1.5 s, heartbeat timeout 1 s ----------
+cat >"$tmp/fanout.yaml" <<'EOF'
+name: node-fanout
+tasks:
+EOF
+for i in 1 2 3 4; do
+  cat >>"$tmp/fanout.yaml" <<EOF
+  - name: s$i
+    queue: polyglot-node
+    params: {sleep_ms: "1500"}
+    timeouts: {heartbeat: 1s}
+    retry: {max_attempts: 1}
+EOF
+done
+rc=0
+ctl submit -f "$tmp/fanout.yaml" --wait >"$tmp/fanout.out" 2>"$tmp/fanout.err" || rc=$?
+[[ $rc -eq 0 ]] || fail "the fan-out exited $rc (leases lost without heartbeats?)"
+fanout_id=$(sed -n 1p "$tmp/fanout.out")
+ctl get "$fanout_id" -o json >"$tmp/fanout.json" 2>"$tmp/get.err" || fail "forgectl get failed"
+check_json "$tmp/fanout.json" "fan-out" <<'EOF'
+assert.equal(doc.state, 'GRAPH_STATE_SUCCEEDED');
+const spans = [];
+for (const task of doc.tasks) {
+  assert.equal(task.state, 'SUCCEEDED', task.spec.name);
+  assert.equal(out(task), task.spec.name.toUpperCase());
+  const [a] = task.attempts;
+  assert.equal(task.attempts.length, 1, task.spec.name);
+  spans.push([ns(a.started_at), 1], [ns(a.finished_at), -1]);
+}
+// Most attempts running at once on the 2-slot worker: exactly 2.
+spans.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : x[1] - y[1]));
+let now = 0, most = 0;
+for (const [, d] of spans) most = Math.max(most, (now += d));
+assert.equal(most, 2, 'tasks running at once');
+EOF
+
+# --- failures: retried, then FAILED; triggers follow ------------------------
+# boom fails by params on nodeworker (2 attempts), doomed runs on the
+# fail-mode worker; rescue (ONE_FAILED) runs, after (ALL_SUCCESS) is skipped.
+cat >"$tmp/fail.yaml" <<'EOF'
+name: node-fail
+tasks:
+  - name: boom
+    queue: polyglot-node
+    params: {fail: "true"}
+    retry: {max_attempts: 2, initial_backoff: 100ms}
+  - {name: doomed, queue: polyglot-node-fail, retry: {max_attempts: 1}}
+  - {name: rescue, queue: polyglot-node, depends_on: [boom], trigger: ONE_FAILED, input: rescued}
+  - {name: after, queue: polyglot-node, depends_on: [boom]}
+EOF
+rc=0
+ctl submit -f "$tmp/fail.yaml" --wait >"$tmp/fail.out" 2>"$tmp/fail.err" || rc=$?
+[[ $rc -eq 1 ]] || fail "submit --wait of a failing graph exited $rc, want 1"
+fail_id=$(sed -n 1p "$tmp/fail.out")
+grep -q "^$fail_id FAILED " "$tmp/fail.out" || fail "the failing graph did not end FAILED"
+grep -q '^  boom: FAILED attempt=2 INJECTED ' "$tmp/fail.out" ||
+  fail "boom is not reported FAILED after 2 attempts with INJECTED"
+ctl get "$fail_id" -o json >"$tmp/fail.json" 2>"$tmp/get.err" || fail "forgectl get failed"
+check_json "$tmp/fail.json" "failing graph" <<'EOF'
+assert.equal(doc.state, 'GRAPH_STATE_FAILED');
+const t = byName(doc);
+assert.equal(t.boom.state, 'FAILED');
+assert.equal(t.boom.attempts.length, 2);
+for (const a of t.boom.attempts) {
+  assert.equal(a.state, 'FAILED');
+  assert.match(a.worker_id, /^nodeworker-/);
+}
+assert.equal(t.boom.error.code, 'INJECTED');
+assert.match(t.boom.error.message, /^boom: failure requested by params/);
+assert.equal(out(t.boom), '');
+assert.equal(t.doomed.state, 'FAILED');
+assert.equal(t.doomed.error.code, 'NODE_FAIL');
+assert.match(t.doomed.attempts[0].worker_id, /^nodefail-/);
+assert.equal(t.rescue.state, 'SUCCEEDED');
+assert.equal(out(t.rescue), 'RESCUED');  // boom's output is not passed on
+assert.equal(t.after.state, 'SKIPPED');
+assert.equal(t.after.attempts, undefined);
+EOF
+
+# --- cancel: reaches the running task on the worker, which reports it -------
+cat >"$tmp/slow.yaml" <<'EOF'
+name: node-slow
+tasks:
+  - {name: slow, queue: polyglot-node, params: {sleep_ms: "60000"}}
+EOF
+ctl submit -f "$tmp/slow.yaml" >"$tmp/slow.out" 2>"$tmp/slow.err" || fail "submit of slow failed"
+slow_id=$(sed -n 1p "$tmp/slow.out")
+task_running() {
+  ctl task "$1" slow -o json 2>/dev/null | grep -q '"state": "RUNNING"'
+}
+wait_until "slow is not RUNNING" task_running "$slow_id"
+ctl cancel "$slow_id" --reason "node test cancel" >"$tmp/cancel.out" 2>"$tmp/cancel.err" ||
+  fail "forgectl cancel failed"
+wait_for_line "$tmp/worker.log" \
+  "^forge_worker: cancel slow of $slow_id attempt 1: node test cancel\$" \
+  "$worker_pid" "the cancel on nodeworker"
+rc=0
+ctl wait "$slow_id" --timeout 10s >"$tmp/wait.out" 2>"$tmp/wait.err" || rc=$?
+[[ $rc -eq 1 ]] || fail "forgectl wait of the cancelled graph exited $rc, want 1"
+grep -q "^$slow_id CANCELLED " "$tmp/wait.out" || fail "the slow graph is not CANCELLED"
+# The server frees the slot when the worker reports the cancelled attempt.
+worker_idle() {
+  ctl workers -o json >"$tmp/workers.json" 2>/dev/null &&
+    "$NODE" -e '
+      const {workers} = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
+      const w = workers.find((w) => w.worker_id.startsWith("nodeworker-"));
+      process.exit(w && !w.in_flight ? 0 : 1);' "$tmp/workers.json"
+}
+wait_until "nodeworker still holds the cancelled attempt" worker_idle
+ctl task "$slow_id" slow -o json >"$tmp/slow.json" 2>"$tmp/get.err" || fail "forgectl task failed"
+check_json "$tmp/slow.json" "cancelled task" <<'EOF'
+assert.equal(doc.state, 'CANCELLED');
+assert.equal(doc.attempts.length, 1);
+assert.equal(doc.attempts[0].state, 'CANCELLED');
+assert.match(doc.attempts[0].worker_id, /^nodeworker-/);
+assert.equal(out(doc), '');
+EOF
+# No result of this worker was refused (a cancelled attempt's is expected).
+grep -q refused "$tmp/worker.log" && fail "nodeworker had a result refused"
+
+# --- SIGTERM with a task running: exit 0, the stream ends, the lease is lost -
+sed -e 's/node-slow/node-term/' -e 's/}}$/}, retry: {max_attempts: 1}}/' \
+  "$tmp/slow.yaml" >"$tmp/term.yaml"
+ctl submit -f "$tmp/term.yaml" >"$tmp/term.out" 2>"$tmp/term.err" || fail "submit of term failed"
+term_id=$(sed -n 1p "$tmp/term.out")
+wait_until "term's task is not RUNNING" task_running "$term_id"
+kill -TERM "$worker_pid"
+wait_exit "$worker_pid" "forge_worker.js (nodeworker)"
+worker_pid=""
+[[ $exit_rc -eq 0 ]] || fail "forge_worker.js exited $exit_rc on SIGTERM, want 0"
+rc=0
+ctl wait "$term_id" --timeout 10s >"$tmp/termwait.out" 2>"$tmp/termwait.err" || rc=$?
+[[ $rc -eq 1 ]] || fail "forgectl wait after SIGTERM exited $rc, want 1"
+grep -Eq '^  slow: FAILED attempt=1 LEASE_LOST .*disconnected' "$tmp/termwait.out" ||
+  fail "the running task did not lose its lease when the worker left"
+
+kill -TERM "$failer_pid"
+wait_exit "$failer_pid" "forge_worker.js (nodefail)"
+failer_pid=""
+[[ $exit_rc -eq 0 ]] || fail "forge_worker.js (nodefail) exited $exit_rc on SIGTERM, want 0"
+kill -TERM "$forged_pid"
+wait_exit "$forged_pid" forged
+forged_pid=""
+[[ $exit_rc -eq 0 ]] || fail "forged exited $exit_rc on SIGTERM"
+
+echo "node_worker: ok (${SECONDS}s)"
