@@ -28,7 +28,7 @@ ABSL_FLAG(int, shards, 16, "Store shards (each one mutex)");
 ABSL_FLAG(int64_t, max_tasks, 1000000, "Most tasks in one graph");
 ABSL_FLAG(int64_t, max_input_bytes, 1 << 20, "Largest task input");
 ABSL_FLAG(std::string, config, "",
-          "YAML config file (queues: concurrency, ordering, per_key_concurrency)");
+          "YAML config file: queues (concurrency, ordering) and command runner profiles (see README)");
 ABSL_FLAG(std::vector<std::string>, queue_concurrency, {},
           "Per-queue concurrency limits, QUEUE=N[,QUEUE=N...] (default: none)");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,

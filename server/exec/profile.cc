@@ -158,6 +158,30 @@ absl::StatusOr<std::string> ResolveWorkdir(const CommandProfile& profile,
                    Builtins{a.lease().graph_id(), a.task(), a.lease().attempt()});
 }
 
+std::string StdinData(const CommandProfile& profile, const v1::Assignment& a) {
+  switch (profile.stdin_mode) {
+    case CommandProfile::Stdin::kNone:
+      return "";
+    case CommandProfile::Stdin::kInput:
+      return a.input();
+    case CommandProfile::Stdin::kInputWithUpstream:
+      break;
+  }
+  std::string out = a.input();
+  // Map order is unspecified: name order, so a retry reads the same bytes.
+  std::map<std::string, const std::string*> upstream;
+  for (const auto& [name, output] : a.upstream_outputs()) upstream[name] = &output;
+  for (const auto& [name, output] : upstream) {
+    absl::StrAppend(&out, out.empty() || out.back() == '\n' ? "" : "\n",
+                    "\n--- upstream: ", name, " ---\n", *output);
+  }
+  for (const std::string& name : a.truncated_upstream()) {
+    absl::StrAppend(&out, out.empty() || out.back() == '\n' ? "" : "\n",
+                    "\n--- upstream: ", name, " (too large to include) ---\n");
+  }
+  return out;
+}
+
 bool ValidTaskEnvName(const std::string& name) {
   if (name.empty() || name.size() > 128) return false;
   if (name[0] >= '0' && name[0] <= '9') return false;

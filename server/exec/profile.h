@@ -35,8 +35,12 @@ struct CommandProfile {
   // `{param}`s are substituted shell-quoted.
   std::vector<std::string> command;
   bool shell = false;
-  // The task input goes to the process's stdin (else stdin is /dev/null).
-  bool stdin_input = true;
+  // What the process reads on stdin: the task input (default), the input
+  // followed by the direct dependencies' outputs (each after a
+  // "--- upstream: NAME ---" line; for agent pipelines), or nothing
+  // (/dev/null). The outputs are also files in $FORGE_UPSTREAM_DIR.
+  enum class Stdin { kInput, kInputWithUpstream, kNone };
+  Stdin stdin_mode = Stdin::kInput;
   // Working directory template inside `root` (empty: a fresh directory per
   // attempt under the runner's work root, removed afterwards unless
   // keep_workdir).
@@ -109,6 +113,10 @@ std::vector<std::string> BuildEnv(const CommandProfile& profile,
 // and not one that changes how programs are loaded (LD_*) or Forge's own
 // (FORGE_*).
 bool ValidTaskEnvName(const std::string& name);
+
+// The bytes an attempt reads on stdin (see CommandProfile::stdin_mode).
+std::string StdinData(const CommandProfile& profile,
+                      const forge::v1::Assignment& assignment);
 
 // Submit-time check of a task that one of `profile`'s queues will run: the
 // params its templates need, a workdir that stays inside the root, env

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -47,6 +48,12 @@ int PidfdOpen(pid_t pid) {
 // runs are known by the whole lease.
 std::string LeaseKey(const v1::Lease& l) {
   return absl::StrCat(l.graph_id(), "/", l.task_index(), "/", l.attempt(), "/",
+                      l.epoch());
+}
+
+// A file name for an attempt's directories: graph.task.attempt.epoch.
+std::string LeaseKeyName(const v1::Lease& l) {
+  return absl::StrCat(l.graph_id(), ".", l.task_index(), ".", l.attempt(), ".",
                       l.epoch());
 }
 
@@ -98,6 +105,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     ev.events = EPOLLIN;
     ev.data.u64 = 0;
     ::epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev);
+    absl::MutexLock lock(&join_mu_);
     thread_ = std::thread([this] { Loop(); });
     return absl::OkStatus();
   }
@@ -169,6 +177,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     pid_t pid = -1;
     int pidfd = -1;
     int stdin_fd = -1;
+    std::string stdin_data;
     size_t stdin_off = 0;
     Capture out, err;
     bool exited = false;
@@ -178,6 +187,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     std::string stop_reason;
     std::string workdir;
     bool remove_workdir = false;
+    std::string upstream_dir;  // private to the attempt, always removed
     TimerService::TimerId kill_timer = TimerService::kInvalidTimer;
     TimerService::TimerId timeout_timer = TimerService::kInvalidTimer;
     const v1::Lease& lease() const { return dispatch.assignment.lease(); }
@@ -292,10 +302,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     // The working directory: fresh under the work root, or inside the root.
     std::error_code ec;
     if (p.workdir.empty()) {
-      run->workdir = (fs::path(config_.work_root) /
-                      absl::StrCat(a.lease().graph_id(), ".", a.lease().task_index(),
-                                   ".", a.lease().attempt(), ".", a.lease().epoch()))
-                         .string();
+      run->workdir = (fs::path(config_.work_root) / LeaseKeyName(a.lease())).string();
       fs::remove_all(run->workdir, ec);  // a leftover of a crashed server
       fs::create_directory(run->workdir, ec);
       run->remove_workdir = !p.keep_workdir;
@@ -329,8 +336,14 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     SpawnRequest req;
     req.argv = *std::move(argv);
     req.env = BuildEnv(p, a, run->workdir, environ);
+    if (absl::Status s = WriteUpstream(*run, a, &req.env); !s.ok()) {
+      RemoveWorkdir(*run);
+      Refuse(executor_id, d, "WORKDIR", std::string(s.message()), false);
+      return;
+    }
     req.cwd = run->workdir;
-    req.stdin_pipe = p.stdin_input && !a.input().empty();
+    run->stdin_data = StdinData(p, a);
+    req.stdin_pipe = !run->stdin_data.empty();
     std::string path_var;
     for (const std::string& e : req.env) {
       if (e.rfind("PATH=", 0) == 0) path_var = e.substr(5);
@@ -396,8 +409,36 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     });
   }
 
+  // The dependencies' outputs as files, one per task name, in a directory of
+  // the attempt's own ($FORGE_UPSTREAM_DIR; not made when there are none).
+  absl::Status WriteUpstream(Run& run, const v1::Assignment& a,
+                             std::vector<std::string>* env) {
+    if (a.upstream_outputs().empty()) return absl::OkStatus();
+    const fs::path dir =
+        fs::path(config_.work_root) / absl::StrCat(LeaseKeyName(a.lease()), ".upstream");
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    fs::create_directories(dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat(dir.string(), ": ", ec.message()));
+    run.upstream_dir = dir.string();
+    for (const auto& [name, output] : a.upstream_outputs()) {
+      if (name == "." || name == "..") continue;  // valid task names, not files
+      std::FILE* f = std::fopen((dir / name).c_str(), "wbe");
+      if (f == nullptr) {
+        return absl::InternalError(absl::StrCat(dir.string(), "/", name, ": ",
+                                                std::strerror(errno)));
+      }
+      const bool ok = std::fwrite(output.data(), 1, output.size(), f) == output.size();
+      if (std::fclose(f) != 0 || !ok) {
+        return absl::InternalError(absl::StrCat(dir.string(), "/", name, ": write failed"));
+      }
+    }
+    env->push_back(absl::StrCat("FORGE_UPSTREAM_DIR=", run.upstream_dir));
+    return absl::OkStatus();
+  }
+
   void WriteInput(Run& run) {
-    const std::string& input = run.dispatch.assignment.input();
+    const std::string& input = run.stdin_data;
     while (run.stdin_off < input.size()) {
       const ssize_t n = ::write(run.stdin_fd, input.data() + run.stdin_off,
                                 input.size() - run.stdin_off);
@@ -476,9 +517,10 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
   }
 
   void RemoveWorkdir(Run& run) {
+    std::error_code ec;  // best effort: a leftover is only disk
+    if (!run.upstream_dir.empty()) fs::remove_all(run.upstream_dir, ec);
     if (!run.remove_workdir || run.workdir.empty()) return;
-    std::error_code ec;
-    fs::remove_all(run.workdir, ec);  // best effort: a leftover is only disk
+    fs::remove_all(run.workdir, ec);
   }
 
   void Finish(Run& run) {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/graph_file.h"
 #include "server/server_config.h"
 #include "tests/integration/fixture.h"
 
@@ -108,6 +109,10 @@ profiles:
     command: [/bin/sh, )", Script("hang.sh"), R"(, "{pidfile}.{attempt}"]
     env_allow: [PATH]
     timeout: 400ms
+  upstream:
+    command: [/bin/sh, -c, 'cat; echo; ls "$FORGE_UPSTREAM_DIR"; cat "$FORGE_UPSTREAM_DIR/a"']
+    stdin: input_with_upstream
+    env_allow: [PATH]
   dir:
     command: [/bin/pwd]
     workdir: "{project}"
@@ -182,6 +187,20 @@ TEST_F(RunnerTest, InputGoesToStdinAndStdoutIsTheOutputPublishedLive) {
   EXPECT_EQ(t.output(), "a prompt that never touches argv\n");
   EXPECT_EQ(t.attempts(0).worker_id(), "runner:cat");
   EXPECT_EQ(Output(Replay(id), v1::STDOUT), "a prompt that never touches argv\n");
+}
+
+TEST_F(RunnerTest, UpstreamOutputsFollowTheInputOnStdinAndAreFiles) {
+  v1::GraphSpec g;
+  AddTask(g, "a", {}, "cat")->set_input("from a\n");
+  v1::TaskSpec* b = AddTask(g, "b", {"a"}, "upstream");
+  b->set_input("prompt b");
+  const v1::Graph done = WaitTerminal(Submit(g));
+  ASSERT_EQ(done.state(), v1::GRAPH_STATE_SUCCEEDED);
+  EXPECT_EQ(TaskOf(done, "b").output(),
+            "prompt b\n\n--- upstream: a ---\nfrom a\n"  // stdin
+            "\n"                                          // echo
+            "a\n"                                         // ls
+            "from a\n");                                  // the file
 }
 
 TEST_F(RunnerTest, LargeInputIsWrittenWithoutBlockingTheLoop) {
@@ -471,7 +490,7 @@ TEST(RunnerConfigTest, ErrorsNameTheKeyAndLine) {
       {"profiles:\n  p:\n    command: [x]\n    workdir: \"{w}\"\n",
        "profiles.p.root: an absolute directory is required"},
       {"profiles:\n  p:\n    command: [x]\n    slots: 0\n", "profiles.p.slots: 0"},
-      {"profiles:\n  p:\n    command: [x]\n    stdin: file\n", "is not input or none"},
+      {"profiles:\n  p:\n    command: [x]\n    stdin: file\n", "is not input, input_with_upstream or none"},
       {"runner:\n  kill_grace: -1s\n", "runner.kill_grace"},
   };
   for (const Case& c : cases) {
@@ -480,6 +499,31 @@ TEST(RunnerConfigTest, ErrorsNameTheKeyAndLine) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.yaml;
     EXPECT_TRUE(absl::StrContains(s.message(), c.message))
         << c.yaml << " -> " << s.message();
+  }
+}
+
+// The shipped example profiles load, and the example agent pipeline passes
+// their submit-time checks.
+TEST(RunnerConfigTest, ExampleAgentProfilesAndPipelineAgree) {
+  ServerOptions o;
+  absl::Status s =
+      LoadServerConfig(absl::StrCat(FORGE_SOURCE_DIR, "/deploy/runner/agents.yaml"), &o);
+  ASSERT_TRUE(s.ok()) << s;
+  std::map<std::string, const exec::CommandProfile*> by_queue;
+  for (const exec::CommandProfile& p : o.runner.profiles) {
+    for (const std::string& q : p.queues) by_queue[q] = &p;
+  }
+  EXPECT_EQ(by_queue.count("claude"), 1u);
+  EXPECT_EQ(by_queue.count("gemini"), 1u);
+  EXPECT_EQ(by_queue.count("cursor"), 1u);
+  EXPECT_EQ(by_queue.count("shell"), 0u);  // off unless uncommented
+  absl::StatusOr<v1::GraphSpec> g =
+      LoadGraphFile(absl::StrCat(FORGE_SOURCE_DIR, "/client/examples/agents.yaml"));
+  ASSERT_TRUE(g.ok()) << g.status();
+  for (int i = 0; i < g->tasks_size(); ++i) {
+    const v1::TaskSpec& t = g->tasks(i);
+    ASSERT_EQ(by_queue.count(t.queue()), 1u) << t.queue();
+    EXPECT_TRUE(exec::ValidateTask(*by_queue[t.queue()], t, "t").ok()) << t.name();
   }
 }
 
