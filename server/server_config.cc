@@ -110,11 +110,18 @@ absl::Status ParseProfile(const YAML::Node& n, const std::string& path,
   if (n["shell"]) p->shell = n["shell"].as<bool>();
   if (const YAML::Node in = n["stdin"]) {
     const std::string v = in.as<std::string>();
-    if (v != "input" && v != "none") {
+    using Stdin = exec::CommandProfile::Stdin;
+    if (v == "input") {
+      p->stdin_mode = Stdin::kInput;
+    } else if (v == "input_with_upstream") {
+      p->stdin_mode = Stdin::kInputWithUpstream;
+    } else if (v == "none") {
+      p->stdin_mode = Stdin::kNone;
+    } else {
       return absl::InvalidArgumentError(absl::StrCat(
-          Where(in, path + ".stdin"), ": \"", v, "\" is not input or none"));
+          Where(in, path + ".stdin"), ": \"", v,
+          "\" is not input, input_with_upstream or none"));
     }
-    p->stdin_input = v == "input";
   }
   if (n["workdir"]) p->workdir = n["workdir"].as<std::string>();
   if (n["root"]) p->root = n["root"].as<std::string>();

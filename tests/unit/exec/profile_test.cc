@@ -110,6 +110,22 @@ TEST(EnvTest, StartsEmptyAndAddsAllowlistProfileTaskAndForgeVariables) {
                           "PATH=/usr/bin", "TRACEPARENT=00-abc-def-01"));
 }
 
+TEST(StdinTest, InputAloneOrWithTheUpstreamOutputsInNameOrder) {
+  CommandProfile p;
+  v1::Assignment a = Assignment({});
+  a.set_input("prompt");
+  (*a.mutable_upstream_outputs())["zeta"] = "z out\n";
+  (*a.mutable_upstream_outputs())["alpha"] = "a out";
+  a.add_truncated_upstream("big");
+  EXPECT_EQ(StdinData(p, a), "prompt");
+  p.stdin_mode = CommandProfile::Stdin::kNone;
+  EXPECT_EQ(StdinData(p, a), "");
+  p.stdin_mode = CommandProfile::Stdin::kInputWithUpstream;
+  EXPECT_EQ(StdinData(p, a),
+            "prompt\n\n--- upstream: alpha ---\na out\n\n--- upstream: zeta ---\n"
+            "z out\n\n--- upstream: big (too large to include) ---\n");
+}
+
 TEST(EnvTest, TaskVariableNames) {
   EXPECT_TRUE(ValidTaskEnvName("OPENAI_MODEL"));
   EXPECT_TRUE(ValidTaskEnvName("_x1"));
