@@ -14,7 +14,6 @@
 
 namespace forge {
 
-namespace v1 = ::forge::v1;
 
 namespace {
 
