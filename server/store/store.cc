@@ -555,46 +555,46 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   return result;
 }
 
-absl::StatusOr<Effects> Store::Complete(const v1::TaskResult& result,
-                                        absl::Time now) {
-  const v1::Lease& lease = result.lease();
+template <typename Fn>
+absl::StatusOr<Effects> Store::OnRunning(const v1::Lease& lease, absl::Time now,
+                                         Fn fn) {
   Shard& shard = ShardFor(lease.graph_id());
   absl::MutexLock lock(&shard.mu);
-  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, lease.graph_id()));
-  GraphRecord& g = *found;
-  RETURN_IF_ERROR(FenceLocked(g, lease).status());
+  ASSIGN_OR_RETURN(GraphRecord* const g, FindLocked(shard, lease.graph_id()));
+  ASSIGN_OR_RETURN(TaskRuntime* const t, FenceLocked(*g, lease));
   Effects fx;
-  Transition tx(*this, g, shard.rng, now, fx);
-  tx.FinishAttempt(lease.task_index(), result);
+  Transition tx(*this, *g, shard.rng, now, fx);
+  RETURN_IF_ERROR(fn(*t, tx));
   return fx;
+}
+
+absl::StatusOr<Effects> Store::Complete(const v1::TaskResult& result,
+                                        absl::Time now) {
+  return OnRunning(result.lease(), now, [&](TaskRuntime&, Transition& tx) {
+    tx.FinishAttempt(result.lease().task_index(), result);
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
                                         absl::Time now) {
-  const v1::Lease& lease = progress.lease();
-  Shard& shard = ShardFor(lease.graph_id());
-  absl::MutexLock lock(&shard.mu);
-  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, lease.graph_id()));
-  GraphRecord& g = *found;
-  ASSIGN_OR_RETURN(TaskRuntime* const running, FenceLocked(g, lease));
-  TaskRuntime& t = *running;
-  const int32_t i = lease.task_index();
-  Effects fx;
-  Transition tx(*this, g, shard.rng, now, fx);
-  t.last_heartbeat = now;
-  if (!progress.checkpoint().empty()) {
-    if (static_cast<int64_t>(progress.checkpoint().size()) >
-        options_.max_checkpoint_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "checkpoint: ", progress.checkpoint().size(),
-          " bytes exceeds the limit of ", options_.max_checkpoint_bytes));
+  return OnRunning(progress.lease(), now, [&](TaskRuntime& t, Transition& tx) {
+    t.last_heartbeat = now;
+    if (!progress.checkpoint().empty()) {
+      if (static_cast<int64_t>(progress.checkpoint().size()) >
+          options_.max_checkpoint_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "checkpoint: ", progress.checkpoint().size(),
+            " bytes exceeds the limit of ", options_.max_checkpoint_bytes));
+      }
+      t.checkpoint = progress.checkpoint();
     }
-    t.checkpoint = progress.checkpoint();
-  }
-  if (!progress.has_progress()) return fx;  // a checkpoint alone: no event
-  t.progress = std::make_unique<v1::Progress>(progress.progress());
-  *tx.EmitTask(v1::TASK_PROGRESS, i).mutable_progress() = progress.progress();
-  return fx;
+    if (!progress.has_progress()) return absl::OkStatus();  // checkpoint alone
+    t.progress = std::make_unique<v1::Progress>(progress.progress());
+    *tx.EmitTask(v1::TASK_PROGRESS, progress.lease().task_index())
+         .mutable_progress() = progress.progress();
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<Effects> Store::Output(const v1::TaskOutput& output,
@@ -609,27 +609,21 @@ absl::StatusOr<Effects> Store::Output(const v1::TaskOutput& output,
                      options_.max_output_chunk_bytes));
   }
   const v1::Lease& lease = output.lease();
-  Shard& shard = ShardFor(lease.graph_id());
-  absl::MutexLock lock(&shard.mu);
-  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, lease.graph_id()));
-  GraphRecord& g = *found;
-  ASSIGN_OR_RETURN(TaskRuntime* const running, FenceLocked(g, lease));
-  TaskRuntime& t = *running;
-  t.last_heartbeat = now;
-  if (t.output_published + size > options_.max_attempt_output_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "output: attempt ", lease.attempt(), " has published ",
-        t.output_published, " bytes; the limit is ",
-        options_.max_attempt_output_bytes));
-  }
-  t.output_published += size;
-  Effects fx;
-  if (size == 0) return fx;
-  Transition tx(*this, g, shard.rng, now, fx);
-  v1::Event& e = tx.EmitTask(v1::TASK_OUTPUT, lease.task_index());
-  e.set_stream(output.stream());
-  e.set_data(output.data());
-  return fx;
+  return OnRunning(lease, now, [&](TaskRuntime& t, Transition& tx) {
+    t.last_heartbeat = now;
+    if (t.output_published + size > options_.max_attempt_output_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "output: attempt ", lease.attempt(), " has published ",
+          t.output_published, " bytes; the limit is ",
+          options_.max_attempt_output_bytes));
+    }
+    t.output_published += size;
+    if (size == 0) return absl::OkStatus();
+    v1::Event& e = tx.EmitTask(v1::TASK_OUTPUT, lease.task_index());
+    e.set_stream(output.stream());
+    e.set_data(output.data());
+    return absl::OkStatus();
+  });
 }
 
 absl::Status Store::Heartbeat(const v1::Lease& lease, absl::Time now) {

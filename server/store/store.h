@@ -262,6 +262,12 @@ class Store {
 
   // Transition helpers; all run under the graph's shard lock.
   class Transition;
+  // Runs `fn(task, transition)` under the shard lock once `lease` is fenced
+  // as its task's current running attempt; returns the transition's effects,
+  // or fn's error (nothing is published then).
+  template <typename Fn>
+  absl::StatusOr<Effects> OnRunning(const forge::v1::Lease& lease,
+                                    absl::Time now, Fn fn);
 
   const StoreOptions options_;
   std::vector<std::unique_ptr<Shard>> shards_;

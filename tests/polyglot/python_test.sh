@@ -11,59 +11,12 @@ WORKER=$3
 PY=$4
 FORGECTL=$5
 
-tmp=$(mktemp -d)
-forged_pid=""
-worker_pid=""
-cleanup() {
-  for pid in $worker_pid $forged_pid; do
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fail() {
-  echo "FAIL: $*" >&2
-  for f in "$tmp"/*.log "$tmp"/*.out "$tmp"/*.err; do
-    [[ -f $f ]] && { echo "--- $f" >&2; cat "$f" >&2; }
-  done
-  exit 1
-}
-
-# wait_for_line FILE REGEX PID WHAT: up to ~10 s for REGEX to appear in FILE
-# while PID is alive.
-wait_for_line() {
-  local i
-  for ((i = 0; i < 100; i++)); do
-    grep -Eq "$2" "$1" && return 0
-    kill -0 "$3" 2>/dev/null || fail "$4 exited before it was ready"
-    sleep 0.1
-  done
-  fail "$4 not ready within 10 s"
-}
-
-# wait_exit PID WHAT: up to ~5 s for PID to exit; sets exit_rc.
-wait_exit() {
-  local i
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$1" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$1" 2>/dev/null && fail "$2 still running 5 s after SIGTERM"
-  exit_rc=0
-  wait "$1" || exit_rc=$?
-}
+. "$(dirname "$0")/lib.sh"
 
 client() { "$PY" "$CLIENT" --server "$server" "$@"; }
 
 # --- forged on a free port --------------------------------------------------
-"$FORGED" --listen 127.0.0.1:0 --metrics-listen "" --ephemeral 2>"$tmp/forged.log" &
-forged_pid=$!
-wait_for_line "$tmp/forged.log" '^forged: listening on ' "$forged_pid" forged
-port=$(sed -n 's/^forged: listening on [^ ]*:\([0-9][0-9]*\) .*/\1/p' "$tmp/forged.log")
-[[ -n $port ]] || fail "no port in forged's listening line"
-server=127.0.0.1:$port
+start_forged "$FORGED"
 
 # --- the Python worker ------------------------------------------------------
 "$PY" "$WORKER" --server "$server" --queue polyglot-py --queue other \
