@@ -6,11 +6,13 @@
 #include <grpcpp/server_builder.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "server/api/orchestrator_service.h"
 #include "server/api/worker_service.h"
 #include "server/obs/metrics.h"
+#include "server/persist/rocksdb_journal.h"
 
 namespace forge {
 
@@ -89,8 +91,35 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
   s->options_ = options;
   s->timers_ = std::make_unique<TimerService>(clock);
   s->bus_ = std::make_unique<events::EventBus>(options.bus);
+  if (!options.data_dir.empty()) {
+    persist::RocksJournalOptions jo;
+    jo.dir = options.data_dir;
+    jo.sync = options.sync;
+    // Admitted transitions never fail for room: the engine refuses new work
+    // long before this (max_journal_backlog_bytes), and a full disk holds
+    // the writes in order until space returns.
+    jo.max_pending_bytes = size_t{1} << 30;
+    jo.hold_on_no_space = true;
+    absl::StatusOr<std::unique_ptr<persist::Journal>> journal =
+        persist::OpenRocksJournal(jo);
+    if (!journal.ok()) return journal.status();
+    s->journal_ = *std::move(journal);
+  }
+  ForgeServer* raw = s.get();
+  options.engine.on_journal_failure = [raw](const absl::Status& status) {
+    std::fprintf(stderr, "forged: journal failed, no more writes: %s\n",
+                 status.ToString().c_str());
+    if (grpc::Server* server = raw->serving_.load()) {
+      server->GetHealthCheckService()->SetServingStatus(false);
+    }
+  };
   s->engine_ = std::make_unique<Engine>(options.engine, clock, s->timers_.get(),
-                                        s->bus_.get());
+                                        s->bus_.get(), s->journal_.get());
+  {
+    absl::StatusOr<RecoveryStats> recovered = s->engine_->Recover();
+    if (!recovered.ok()) return recovered.status();
+    s->recovery_ = *recovered;
+  }
   for (const auto& [name, config] : options.queues) {
     s->engine_->scheduler().Configure(name, config);
   }
@@ -99,7 +128,7 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
     exec::RunnerSink sink;
     sink.result = [engine](const std::string& executor_id, uint64_t ticket,
                            const v1::TaskResult& result) {
-      return engine->OnResult(executor_id, ticket, result);
+      engine->OnResult(executor_id, ticket, result, nullptr);
     };
     sink.output = [engine](const v1::TaskOutput& output) {
       return engine->OnOutput(output);
@@ -145,7 +174,9 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
     if (!metrics.ok()) return metrics.status();
     s->metrics_ = *std::move(metrics);
   }
-  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  s->server_->GetHealthCheckService()->SetServingStatus(
+      s->journal_ == nullptr || s->journal_->health().ok());
+  s->serving_.store(s->server_.get());
   return s;
 }
 
@@ -153,9 +184,16 @@ ForgeServer::~ForgeServer() {
   Shutdown(absl::ZeroDuration());
   // Reverse order of construction: the server (and its reactors) go first.
   metrics_.reset();
+  serving_.store(nullptr);
   server_.reset();
   runner_.reset();
   timers_->Shutdown();
+  // The journal's last dones call into the engine: they run (or fail) now,
+  // while it is still there.
+  if (journal_) {
+    journal_->Flush();
+    journal_.reset();
+  }
 }
 
 int ForgeServer::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
@@ -179,6 +217,7 @@ void ForgeServer::Shutdown(absl::Duration grace) {
   // with UNAVAILABLE and reconnect elsewhere or later.
   server_->GetHealthCheckService()->SetServingStatus(false);
   engine_->Drain(absl::Now() + grace);
+  engine_->Abandon();
   // Runner processes still going after the grace: SIGTERM, then SIGKILL.
   if (runner_) runner_->Shutdown(std::min(grace, runner_->config().kill_grace));
   // Streams (workers, watchers) never end by themselves: a short moment for

@@ -4,6 +4,7 @@
 // use it.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -32,6 +33,12 @@ class MetricsServer;
 struct ServerOptions {
   // host:port; port 0 picks a free port (see ForgeServer::port()).
   std::string listen = "127.0.0.1:7070";
+  // The embedded durable journal's directory (RocksDB); state is recovered
+  // from it at start. Empty: ephemeral (memory only).
+  std::string data_dir;
+  // Durable mode: fsync every group commit (false: survives a crash of the
+  // process, not of the machine; benchmarks).
+  bool sync = true;
   EngineOptions engine;
   events::BusOptions bus;
   api::WatchOptions watch;
@@ -65,6 +72,10 @@ class ForgeServer {
   void Wait();
 
   Engine& engine() { return *engine_; }
+  // What recovery found at start (durable mode).
+  const RecoveryStats& recovery() const { return recovery_; }
+  // The journal (null when ephemeral).
+  persist::Journal* journal() { return journal_.get(); }
   // The command runner, or null when no profile is configured.
   exec::CommandRunner* runner() { return runner_.get(); }
 
@@ -75,11 +86,17 @@ class ForgeServer {
   int port_ = 0;
   std::unique_ptr<TimerService> timers_;
   std::unique_ptr<events::EventBus> bus_;
+  // Outlives the engine's last transition: stopped explicitly in the
+  // destructor, after the server, the runner and the timers.
+  std::unique_ptr<persist::Journal> journal_;
+  RecoveryStats recovery_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<exec::CommandRunner> runner_;
   std::unique_ptr<api::OrchestratorService> orchestrator_;
   std::unique_ptr<api::WorkerServiceImpl> workers_;
   std::unique_ptr<grpc::Server> server_;
+  // Read by the journal-failure callback (another thread) once serving.
+  std::atomic<grpc::Server*> serving_{nullptr};
   std::unique_ptr<obs::MetricsServer> metrics_;
   absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

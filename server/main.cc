@@ -20,8 +20,12 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
           "gRPC listen address HOST:PORT (port 0 = any free port)");
 ABSL_FLAG(bool, ephemeral, false,
-          "Keep state in memory only (tests, benchmarks). Until the durable "
-          "journal lands, every mode is memory-only.");
+          "Keep state in memory only, nothing on disk (tests, benchmarks)");
+ABSL_FLAG(std::string, data_dir, "forge-data",
+          "Directory of the embedded durable journal (created if missing); "
+          "state is recovered from it at start");
+ABSL_FLAG(absl::Duration, retention, absl::Hours(24),
+          "How long finished graphs stay readable before they are deleted");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics address HOST:PORT (empty = none)");
 ABSL_FLAG(int, shards, 16, "Store shards (each one mutex)");
@@ -59,7 +63,7 @@ std::vector<char*> NormalizeFlags(int argc, char** argv,
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "forged: the Forge task-graph server.\n  forged [--listen HOST:PORT] "
-      "[--ephemeral] [--metrics-listen HOST:PORT] [--queue-concurrency Q=N,...] [--config FILE]\n"
+      "[--data-dir DIR | --ephemeral] [--retention 24h] [--metrics-listen HOST:PORT] [--queue-concurrency Q=N,...] [--config FILE]\n"
       "Flags may be spelled with dashes or underscores.");
   std::vector<std::string> storage;
   std::vector<char*> args = NormalizeFlags(argc, argv, storage);
@@ -78,6 +82,8 @@ int main(int argc, char** argv) {
   options.engine.store.shards = absl::GetFlag(FLAGS_shards);
   options.engine.limits.max_tasks = absl::GetFlag(FLAGS_max_tasks);
   options.engine.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
+  options.engine.retention = absl::GetFlag(FLAGS_retention);
+  if (!absl::GetFlag(FLAGS_ephemeral)) options.data_dir = absl::GetFlag(FLAGS_data_dir);
   if (const std::string config = absl::GetFlag(FLAGS_config); !config.empty()) {
     if (absl::Status s = forge::LoadServerConfig(config, &options); !s.ok()) {
       std::fprintf(stderr, "forged: %s\n", s.ToString().c_str());
@@ -109,8 +115,21 @@ int main(int argc, char** argv) {
     q.concurrency = n;
     (*server)->engine().scheduler().Configure(queue, q);
   }
-  std::fprintf(stderr, "forged: listening on %s (store: memory)\n",
-               (*server)->address().c_str());
+  if (options.data_dir.empty()) {
+    std::fprintf(stderr, "forged: listening on %s (store: memory)\n",
+                 (*server)->address().c_str());
+  } else {
+    const forge::RecoveryStats& r = (*server)->recovery();
+    std::fprintf(stderr,
+                 "forged: listening on %s (store: %s; recovered %lld graphs, "
+                 "%lld live, %lld tasks, %lld events, %lld attempts restarted, "
+                 "in %.3f s)\n",
+                 (*server)->address().c_str(), options.data_dir.c_str(),
+                 static_cast<long long>(r.graphs), static_cast<long long>(r.live_graphs),
+                 static_cast<long long>(r.tasks), static_cast<long long>(r.events),
+                 static_cast<long long>(r.restarted_attempts),
+                 absl::ToDoubleSeconds(r.took));
+  }
   if ((*server)->metrics_port() != 0) {
     std::fprintf(stderr, "forged: metrics on port %d at /metrics\n",
                  (*server)->metrics_port());

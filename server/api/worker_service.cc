@@ -227,7 +227,11 @@ class Reactor final
                                      "lease not held by this worker session"));
         continue;
       }
-      session_->Ack(r.lease(), engine_.OnResult(session_->id(), *ticket, r));
+      // Acknowledged once the result is durable (the journal's thread).
+      engine_.OnResult(session_->id(), *ticket, r,
+                       [session = session_, lease = r.lease()](absl::Status s) {
+                         session->Ack(lease, s);
+                       });
     }
   }
 

@@ -1,22 +1,28 @@
 #include "server/engine/engine.h"
 
+#include <limits>
 #include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "absl/time/clock.h"
 #include "common/ids.h"
 #include "common/proto_time.h"
+#include "forge/journal/v1/records.pb.h"
+#include "server/store/records.h"
 
 namespace forge {
 
 
 Engine::Engine(EngineOptions options, Clock* clock, TimerService* timers,
-               events::EventBus* bus)
+               events::EventBus* bus, persist::Journal* journal)
     : options_(std::move(options)),
+      journal_(journal),
       clock_(clock),
       timers_(timers),
       bus_(*bus),
-      store_(options_.store),
+      store_(options_.store, journal),
       scheduler_(options_.default_queue) {}
 
 Engine::~Engine() = default;
@@ -33,10 +39,32 @@ EngineCounters Engine::counters() const {
 
 // --- Clients -----------------------------------------------------------------
 
+absl::Status Engine::Admit() const {
+  if (journal_ == nullptr) return absl::OkStatus();
+  if (absl::Status h = journal_->health(); !h.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("the journal failed, nothing can be made durable: ", h.message()));
+  }
+  const persist::JournalStats st = journal_->stats();
+  if (st.disk_full) {
+    return absl::ResourceExhaustedError(
+        "the journal's disk is full; retry once space has been freed");
+  }
+  if (st.pending_bytes > options_.max_journal_backlog_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the journal is ", st.pending_bytes, " bytes behind; retry shortly"));
+  }
+  return absl::OkStatus();
+}
+
 void Engine::Submit(const v1::SubmitGraphRequest& request,
                     Done<v1::SubmitGraphResponse> done) {
   if (draining()) {
     done(absl::UnavailableError("server is shutting down; retry elsewhere"));
+    return;
+  }
+  if (absl::Status s = Admit(); !s.ok()) {
+    done(s);
     return;
   }
   if (static_cast<int64_t>(request.request_id().size()) >
@@ -86,9 +114,23 @@ void Engine::Submit(const v1::SubmitGraphRequest& request,
   if (inserted->created) {
     graphs_submitted_.fetch_add(1, std::memory_order_relaxed);
     tasks_submitted_.fetch_add(tasks, std::memory_order_relaxed);
-    Apply(std::move(inserted->effects));
   }
-  done(std::move(response));
+  // The reply waits until the graph is durable (a repeated request_id: until
+  // the graph it names is, behind the barrier the store committed).
+  const bool created = inserted->created;
+  Apply(std::move(inserted->effects),
+        [this, created, id, done = std::move(done),
+         response = std::move(response)](absl::Status s) mutable {
+          if (s.ok()) {
+            done(std::move(response));
+            return;
+          }
+          if (created) {  // never acknowledged: gone again
+            store_.Erase(id).IgnoreError();
+            bus_.DropGraph(id);
+          }
+          done(s);
+        });
 }
 
 void Engine::CancelGraph(const v1::CancelGraphRequest& request,
@@ -97,21 +139,28 @@ void Engine::CancelGraph(const v1::CancelGraphRequest& request,
     done(absl::InvalidArgumentError("graph_id: required"));
     return;
   }
+  if (absl::Status s = Admit(); !s.ok()) {
+    done(s);
+    return;
+  }
   absl::StatusOr<store::Effects> fx = store_.CancelGraph(
       request.graph_id(), request.reason(), clock_->Now());
   if (!fx.ok()) {
     done(fx.status());
     return;
   }
-  Apply(*std::move(fx));
-  absl::StatusOr<v1::Graph> g = store_.GetGraph(request.graph_id(), v1::BASIC);
-  if (!g.ok()) {
-    done(g.status());
-    return;
-  }
-  v1::CancelGraphResponse response;
-  response.set_state(g->state());
-  done(std::move(response));
+  Apply(*std::move(fx), [this, id = request.graph_id(),
+                         done = std::move(done)](absl::Status s) mutable {
+    absl::StatusOr<v1::Graph> g =
+        s.ok() ? store_.GetGraph(id, v1::BASIC) : absl::StatusOr<v1::Graph>(s);
+    if (!g.ok()) {
+      done(g.status());
+      return;
+    }
+    v1::CancelGraphResponse response;
+    response.set_state(g->state());
+    done(std::move(response));
+  });
 }
 
 void Engine::CancelTask(const v1::CancelTaskRequest& request,
@@ -124,21 +173,28 @@ void Engine::CancelTask(const v1::CancelTaskRequest& request,
     done(absl::InvalidArgumentError("task: required"));
     return;
   }
+  if (absl::Status s = Admit(); !s.ok()) {
+    done(s);
+    return;
+  }
   absl::StatusOr<store::Effects> fx = store_.CancelTask(
       request.graph_id(), request.task(), request.reason(), clock_->Now());
   if (!fx.ok()) {
     done(fx.status());
     return;
   }
-  Apply(*std::move(fx));
-  absl::StatusOr<v1::Task> t = store_.GetTask(request.graph_id(), request.task());
-  if (!t.ok()) {
-    done(t.status());
-    return;
-  }
-  v1::CancelTaskResponse response;
-  response.set_state(t->state());
-  done(std::move(response));
+  Apply(*std::move(fx), [this, id = request.graph_id(), task = request.task(),
+                         done = std::move(done)](absl::Status s) mutable {
+    absl::StatusOr<v1::Task> t =
+        s.ok() ? store_.GetTask(id, task) : absl::StatusOr<v1::Task>(s);
+    if (!t.ok()) {
+      done(t.status());
+      return;
+    }
+    v1::CancelTaskResponse response;
+    response.set_state(t->state());
+    done(std::move(response));
+  });
 }
 
 absl::StatusOr<v1::Graph> Engine::GetGraph(const std::string& graph_id,
@@ -169,6 +225,142 @@ absl::Status Engine::WhenTerminal(const std::string& graph_id,
   return absl::OkStatus();
 }
 
+namespace {
+
+template <typename Record>
+absl::Status ParseRecord(absl::string_view key, absl::string_view bytes,
+                         Record* out) {
+  if (!out->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError(absl::StrCat("journal record ", key, " does not parse"));
+  }
+  if (out->version() > store::kRecordVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "journal record ", key, " has version ", out->version(),
+        ", newer than this server's ", store::kRecordVersion));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RecoveryStats> Engine::Recover() {
+  RecoveryStats stats;
+  if (journal_ == nullptr) return stats;
+  const absl::Time start = absl::Now();
+  absl::Status failed;
+
+  RETURN_IF_ERROR(journal_->Scan(
+      store::kRequestsPrefix, persist::PrefixEnd(store::kRequestsPrefix),
+      [&](absl::string_view key, absl::string_view value) {
+        forge::journal::v1::RequestRecord r;
+        failed = ParseRecord(key, value, &r);
+        if (!failed.ok()) return false;
+        store_.RestoreRequest(std::string(key.substr(store::kRequestsPrefix.size())), r);
+        return true;
+      }));
+  RETURN_IF_ERROR(failed);
+
+  // Keys come grouped by graph: its events (seq order), spec, state, tasks.
+  std::string current;
+  store::RecoveredGraph rec;
+  std::vector<v1::Event> events;
+  bool have_spec = false;
+  // Recovery accepts every graph the journal holds, whatever today's limits.
+  graph::Limits unlimited;
+  unlimited.max_tasks = std::numeric_limits<int32_t>::max();
+  unlimited.max_input_bytes = unlimited.max_total_input_bytes =
+      std::numeric_limits<int64_t>::max();
+  auto finish = [&]() -> absl::Status {
+    if (current.empty()) return absl::OkStatus();
+    if (!have_spec) {
+      return absl::DataLossError(
+          absl::StrCat("journal: graph ", current, " has records but no spec"));
+    }
+    absl::StatusOr<graph::CompiledGraph> compiled =
+        graph::Compile(rec.spec.spec(), unlimited);
+    if (!compiled.ok()) {
+      return absl::DataLossError(absl::StrCat("journal: graph ", current,
+                                              ": ", compiled.status().message()));
+    }
+    const v1::GraphSpec& spec = rec.spec.spec();
+    RETURN_IF_ERROR(bus_.CreateGraph(current, {spec.labels().begin(), spec.labels().end()}));
+    stats.events += static_cast<int64_t>(events.size());
+    RETURN_IF_ERROR(bus_.Publish(current, std::move(events)));
+    stats.tasks += spec.tasks_size();
+    ++stats.graphs;
+    for (const auto& [i, t] : rec.tasks) stats.restarted_attempts += t.state() == v1::RUNNING;
+    const bool terminal = rec.state.state() != v1::GRAPH_STATE_UNSPECIFIED &&
+                          rec.state.state() != v1::GRAPH_STATE_RUNNING;
+    const absl::Time finished_at =
+        terminal ? FromProto(rec.state.finished_at()) : absl::InfinitePast();
+    const std::string id = current;
+    ASSIGN_OR_RETURN(store::Effects fx,
+                     store_.Restore(std::move(rec), *std::move(compiled), clock_->Now()));
+    if (terminal) {
+      ScheduleExpiry(id, finished_at);
+    } else {
+      ++stats.live_graphs;
+    }
+    Apply(std::move(fx));
+    current.clear();
+    rec = store::RecoveredGraph();
+    events.clear();
+    have_spec = false;
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(journal_->Scan(
+      store::kGraphsPrefix, persist::PrefixEnd(store::kGraphsPrefix),
+      [&](absl::string_view key, absl::string_view value) {
+        store::GraphKey k = store::ParseGraphKey(key);
+        if (k.kind == store::GraphKey::kUnknown) {
+          failed = absl::FailedPreconditionError(
+              absl::StrCat("journal key ", key, " is not one this server knows"));
+          return false;
+        }
+        if (k.graph_id != current) {
+          failed = finish();
+          if (!failed.ok()) return false;
+          current = k.graph_id;
+        }
+        switch (k.kind) {
+          case store::GraphKey::kEvent: {
+            forge::journal::v1::EventRecord r;
+            failed = ParseRecord(key, value, &r);
+            if (!failed.ok()) return false;
+            if (r.event().seq() != k.seq || k.seq != rec.last_seq + 1) {
+              failed = absl::DataLossError(absl::StrCat(
+                  "journal: graph ", current, ": event ", k.seq, " follows ",
+                  rec.last_seq, " (events must be dense from 1)"));
+              return false;
+            }
+            rec.last_seq = k.seq;
+            events.push_back(std::move(*r.mutable_event()));
+            break;
+          }
+          case store::GraphKey::kSpec:
+            failed = ParseRecord(key, value, &rec.spec);
+            have_spec = failed.ok();
+            break;
+          case store::GraphKey::kState:
+            failed = ParseRecord(key, value, &rec.state);
+            break;
+          case store::GraphKey::kTask: {
+            auto& [index, r] = rec.tasks.emplace_back();
+            index = k.index;
+            failed = ParseRecord(key, value, &r);
+            break;
+          }
+          case store::GraphKey::kUnknown:
+            break;
+        }
+        return failed.ok();
+      }));
+  RETURN_IF_ERROR(failed);
+  RETURN_IF_ERROR(finish());
+  stats.took = absl::Now() - start;
+  return stats;
+}
+
 bool Engine::Drain(absl::Time deadline) {
   draining_.store(true, std::memory_order_release);
   scheduler_.SetPaused(true);
@@ -177,7 +369,44 @@ bool Engine::Drain(absl::Time deadline) {
 
 // --- Effects -----------------------------------------------------------------
 
-void Engine::Apply(store::Effects fx) {
+void Engine::Apply(store::Effects fx, Ack then) {
+  std::shared_ptr<persist::Durability> durable = std::move(fx.durable);
+  if (durable == nullptr) {
+    ApplyNow(std::move(fx));
+    if (then) then(absl::OkStatus());
+    return;
+  }
+  durable->Then([this, fx = std::move(fx), then = std::move(then)](absl::Status s) mutable {
+    if (s.ok()) {
+      ApplyNow(std::move(fx));
+    } else {
+      NotDurable(s);
+    }
+    if (then) then(s);
+  });
+}
+
+void Engine::NotDurable(const absl::Status& status) {
+  // Only a failed journal refuses what it accepted (the disk-full case
+  // waits for space instead): nothing more can be made durable.
+  if (!journal_failed_.exchange(true) && options_.on_journal_failure) {
+    options_.on_journal_failure(status);
+  }
+}
+
+void Engine::ScheduleExpiry(const std::string& graph_id, absl::Time finished_at) {
+  timers_->Schedule(finished_at + options_.retention, [this, graph_id]() {
+    absl::StatusOr<store::Effects> fx = store_.Erase(graph_id);
+    if (!fx.ok()) return;  // already gone
+    Apply(*std::move(fx), [this, graph_id](absl::Status) { bus_.DropGraph(graph_id); });
+  });
+}
+
+void Engine::ApplyNow(store::Effects fx) {
+  if (fx.terminal_graph.has_value() && !fx.events.empty()) {
+    // The transition that finished the graph (not a waiter's read of it).
+    ScheduleExpiry(fx.graph_id, FromProto(fx.terminal_graph->finished_at()));
+  }
   if (!fx.events.empty()) {
     // The store assigned dense seqs; a log the bus declared broken already
     // ends its subscribers with DATA_LOSS, so there is nothing more to do.
@@ -219,9 +448,13 @@ void Engine::Apply(store::Effects fx) {
 
 void Engine::Pump(const std::string& queue) {
   // Batches per executor, so several assignments share one stream write.
-  std::map<std::string, std::pair<std::shared_ptr<sched::Executor>,
-                                  std::vector<sched::Dispatch>>>
-      batches;
+  struct Batch {
+    std::shared_ptr<sched::Executor> executor;
+    std::vector<sched::Dispatch> dispatches;
+    // Durable mode: each attempt's records; it is handed over once they are.
+    std::vector<std::shared_ptr<persist::Durability>> durables;
+  };
+  std::map<std::string, Batch> batches;
   while (std::optional<sched::Match> m = scheduler_.Take(queue)) {
     const std::string& executor_id = m->executor->id();
     absl::StatusOr<store::StartResult> started = store_.StartAttempt(
@@ -233,24 +466,48 @@ void Engine::Pump(const std::string& queue) {
       continue;
     }
     tasks_dispatched_.fetch_add(1, std::memory_order_relaxed);
-    auto& batch = batches[executor_id];
-    if (!batch.first) batch.first = m->executor;
-    batch.second.push_back(
+    Batch& batch = batches[executor_id];
+    if (!batch.executor) batch.executor = m->executor;
+    batch.dispatches.push_back(
         sched::Dispatch{std::move(started->assignment), m->ticket});
+    if (started->effects.durable) batch.durables.push_back(started->effects.durable);
     Apply(std::move(started->effects));
   }
   for (auto& [id, batch] : batches) {
-    std::vector<HeldLease> held;
-    held.reserve(batch.second.size());
-    for (const sched::Dispatch& d : batch.second) {
-      held.push_back(HeldLease{d.assignment.lease(), d.ticket});
+    if (batch.durables.empty()) {
+      HandOver(id, std::move(batch.executor), std::move(batch.dispatches));
+      continue;
     }
-    if (!batch.first->Assign(std::move(batch.second))) {
-      // The executor closed between the match and the hand-over.
-      for (const HeldLease& h : held) {
-        scheduler_.Release(h.ticket);
-        LoseLease(h.lease, absl::StrCat("executor ", id, " closed"));
+    // The journal resolves in commit order: once the last attempt's records
+    // are durable, so are the others' (or they failed).
+    std::shared_ptr<persist::Durability> last = batch.durables.back();
+    last->Then([this, id, batch = std::move(batch)](absl::Status) mutable {
+      std::vector<sched::Dispatch> ready;
+      for (size_t i = 0; i < batch.dispatches.size(); ++i) {
+        if (batch.durables[i]->status().ok()) {
+          ready.push_back(std::move(batch.dispatches[i]));
+        } else {  // never visible: the reservation goes back
+          scheduler_.Release(batch.dispatches[i].ticket);
+        }
       }
+      if (!ready.empty()) HandOver(id, std::move(batch.executor), std::move(ready));
+    });
+  }
+}
+
+void Engine::HandOver(const std::string& executor_id,
+                      std::shared_ptr<sched::Executor> executor,
+                      std::vector<sched::Dispatch> dispatches) {
+  std::vector<HeldLease> held;
+  held.reserve(dispatches.size());
+  for (const sched::Dispatch& d : dispatches) {
+    held.push_back(HeldLease{d.assignment.lease(), d.ticket});
+  }
+  if (!executor->Assign(std::move(dispatches))) {
+    // The executor closed between the match and the hand-over.
+    for (const HeldLease& h : held) {
+      scheduler_.Release(h.ticket);
+      LoseLease(h.lease, absl::StrCat("executor ", executor_id, " closed"));
     }
   }
 }
@@ -307,8 +564,10 @@ void Engine::DetachExecutor(const std::string& executor_id,
     executors_.erase(executor_id);
   }
   std::vector<std::string> queues;
+  const bool abandoned = journal_ != nullptr && abandoning_.load();
   for (const HeldLease& held : in_flight) {
     queues.push_back(scheduler_.Release(held.ticket));
+    if (abandoned) continue;  // the next start re-dispatches it
     LoseLease(held.lease,
               absl::StrCat("worker ", executor_id, " disconnected"));
   }
@@ -323,19 +582,25 @@ void Engine::DetachExecutor(const std::string& executor_id,
   for (const std::string& q : queues) Pump(q);
 }
 
-absl::Status Engine::OnResult(const std::string& executor_id, uint64_t ticket,
-                              const v1::TaskResult& result) {
+void Engine::OnResult(const std::string& executor_id, uint64_t ticket,
+                      const v1::TaskResult& result, Ack ack) {
+  if (!result.success() && journal_ != nullptr && abandoning_.load()) {
+    // Cut short by the shutdown: left RUNNING for the next start.
+    scheduler_.Release(ticket);
+    if (ack) ack(absl::UnavailableError("the server is shutting down"));
+    return;
+  }
   absl::StatusOr<store::Effects> fx = store_.Complete(result, clock_->Now());
   const std::string queue = scheduler_.Release(ticket);
   if (fx.ok()) {
-    Apply(*std::move(fx));
+    Apply(*std::move(fx), std::move(ack));  // acknowledged once durable
   } else {
     stale_results_.fetch_add(1, std::memory_order_relaxed);
+    if (ack) ack(fx.status());
   }
   // The freed slot (and queue concurrency) may take the next task.
   if (!queue.empty()) Pump(queue);
   PumpExecutorQueues(executor_id);
-  return fx.status();
 }
 
 absl::Status Engine::OnHeartbeat(const v1::Lease& lease) {

@@ -33,6 +33,7 @@
 #include "forge/v1/worker.pb.h"
 #include "server/events/event_bus.h"
 #include "server/graph/compiled_graph.h"
+#include "server/persist/journal.h"
 #include "server/sched/scheduler.h"
 #include "server/sched/timer_service.h"
 #include "server/store/store.h"
@@ -44,6 +45,26 @@ struct EngineOptions {
   store::StoreOptions store;
   sched::QueueConfig default_queue;
   int64_t max_request_id_bytes = 128;
+  // Finished graphs stay readable this long, then are deleted (memory and
+  // journal) by the timer service.
+  absl::Duration retention = absl::Hours(24);
+  // Durable mode: new submits and cancels get RESOURCE_EXHAUSTED while more
+  // than this many journal bytes wait to be written (the journal's own hard
+  // limit is far above it, so transitions already admitted never fail).
+  size_t max_journal_backlog_bytes = 64 << 20;
+  // Called once when the journal fails for good (durable mode): the server
+  // stops accepting writes and turns NOT_SERVING.
+  std::function<void(const absl::Status&)> on_journal_failure;
+};
+
+// What Engine::Recover() found.
+struct RecoveryStats {
+  int64_t graphs = 0;
+  int64_t live_graphs = 0;  // not terminal: they resume
+  int64_t tasks = 0;
+  int64_t events = 0;
+  int64_t restarted_attempts = 0;  // RUNNING at the crash: re-dispatched
+  absl::Duration took;
 };
 
 // Counters read by metrics and tests.
@@ -60,9 +81,20 @@ class Engine {
   template <typename T>
   using Done = absl::AnyInvocable<void(absl::StatusOr<T>)>;
 
+  // `journal`: durable mode (every transition's records are committed to
+  // it, and what they make visible waits until they are durable); null for
+  // ephemeral. It must outlive the engine's last transition.
   Engine(EngineOptions options, Clock* clock, TimerService* timers,
-         events::EventBus* bus);
+         events::EventBus* bus, persist::Journal* journal = nullptr);
   ~Engine();
+
+  // Durable mode, before serving: reads the journal back. Graphs resume
+  // where they were (their events replayed into the bus, seqs continuing),
+  // RUNNING attempts are re-dispatched as new attempts (fenced), request_ids
+  // keep their graphs, retention timers are re-armed. DATA_LOSS for records
+  // that are damaged or have gaps (never skipped silently),
+  // FAILED_PRECONDITION for records of a newer version.
+  absl::StatusOr<RecoveryStats> Recover();
 
   // --- Clients -------------------------------------------------------------
 
@@ -114,10 +146,13 @@ class Engine {
                       std::vector<HeldLease> in_flight);
 
   // A result from an executor for a lease it held under `ticket`. The
-  // reservation is released whatever the outcome. Returns the ack status:
-  // OK, ABORTED for a stale attempt or lease (nothing changed), NOT_FOUND.
-  absl::Status OnResult(const std::string& executor_id, uint64_t ticket,
-                        const forge::v1::TaskResult& result);
+  // reservation is released whatever the outcome. `ack` gets the status to
+  // acknowledge with, once the result is durable: OK, ABORTED for a stale
+  // attempt or lease (nothing changed), NOT_FOUND; UNAVAILABLE if the
+  // journal failed.
+  using Ack = absl::AnyInvocable<void(absl::Status)>;
+  void OnResult(const std::string& executor_id, uint64_t ticket,
+                const forge::v1::TaskResult& result, Ack ack);
   absl::Status OnProgress(const forge::v1::TaskProgress& progress);
   // A chunk of live output of a running attempt -> TASK_OUTPUT (fenced).
   absl::Status OnOutput(const forge::v1::TaskOutput& output);
@@ -130,6 +165,12 @@ class Engine {
   // or `deadline` passes; true if they all ended. Not for reactor threads.
   bool Drain(absl::Time deadline);
   bool draining() const { return draining_.load(std::memory_order_acquire); }
+  // After the drain grace: the attempts still running are abandoned to the
+  // next start. In durable mode their losses are not recorded (no LEASE_LOST
+  // from streams ending, no failure from a runner killing its process), so
+  // they stay RUNNING in the journal and the next start re-dispatches them
+  // without counting them against their retry policy.
+  void Abandon() { abandoning_.store(true, std::memory_order_release); }
 
   // --- Introspection ---------------------------------------------------------
   sched::Scheduler& scheduler() { return scheduler_; }
@@ -138,17 +179,34 @@ class Engine {
   EngineCounters counters() const;
 
  private:
-  // Applies a transition's effects; no lock held by the caller.
-  void Apply(store::Effects effects);
+  // Applies a transition's effects once its records are durable (at once in
+  // ephemeral mode); no lock held by the caller. `then` (optional) gets the
+  // journal's status after they were applied (or dropped, on a failure).
+  void Apply(store::Effects effects, Ack then = nullptr);
+  void ApplyNow(store::Effects effects);
+  // A commit failed: nothing of that transition became visible.
+  void NotDurable(const absl::Status& status);
+  // New client writes (submit, cancel): UNAVAILABLE once the journal failed,
+  // RESOURCE_EXHAUSTED while the disk is full or the backlog too long.
+  absl::Status Admit() const;
+  // Retention: deletes a finished graph at finished_at + retention.
+  void ScheduleExpiry(const std::string& graph_id, absl::Time finished_at);
   // Matches READY tasks of `queue` with executor slots until one runs out,
   // then hands each executor its batch.
   void Pump(const std::string& queue);
   void PumpExecutorQueues(const std::string& executor_id);
+  // Gives an executor its batch; if it closed meanwhile, the attempts fail
+  // with LEASE_LOST.
+  void HandOver(const std::string& executor_id,
+                std::shared_ptr<sched::Executor> executor,
+                std::vector<sched::Dispatch> dispatches);
   std::shared_ptr<sched::Executor> FindExecutor(const std::string& id) const;
   // Fails an attempt that could not be delivered or whose executor left.
   void LoseLease(const forge::v1::Lease& lease, const std::string& why);
 
   const EngineOptions options_;
+  persist::Journal* const journal_;
+  std::atomic<bool> journal_failed_{false};
   Clock* const clock_;
   TimerService* const timers_;
   events::EventBus& bus_;
@@ -161,6 +219,7 @@ class Engine {
   // Set once before serving (SetSpecValidator), read-only afterwards.
   SpecValidator validator_;
   std::atomic<bool> draining_{false};
+  std::atomic<bool> abandoning_{false};
   std::atomic<int64_t> graphs_submitted_{0};
   std::atomic<int64_t> tasks_submitted_{0};
   std::atomic<int64_t> tasks_dispatched_{0};

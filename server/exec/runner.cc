@@ -279,7 +279,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     r.mutable_error()->set_message(message);
     r.mutable_error()->set_non_retryable(non_retryable);
     r.set_exit_code(exit_code);
-    sink_.result(executor_id, d.ticket, r).IgnoreError();  // the store fences it
+    sink_.result(executor_id, d.ticket, r);  // the store fences it
   }
 
   void StartRun(size_t index, sched::Dispatch d) {
@@ -567,7 +567,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     by_lease_.erase(LeaseKey(run.lease()));
     std::unique_ptr<Run> done = std::move(runs_[id]);
     runs_.erase(id);
-    sink_.result(executor_id, ticket, r).IgnoreError();  // fenced by the store
+    sink_.result(executor_id, ticket, r);  // fenced by the store
   }
 
   // SIGTERM to the group now, SIGKILL after the grace.

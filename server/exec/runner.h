@@ -43,10 +43,10 @@ namespace forge::exec {
 // Where the runner reports; the composition root wires it to the engine.
 struct RunnerSink {
   // An attempt ended. `ticket` is its Dispatch's; the reservation is
-  // released whatever the returned ack (ABORTED when the attempt was no
-  // longer current, e.g. it had timed out).
-  std::function<absl::Status(const std::string& executor_id, uint64_t ticket,
-                             const forge::v1::TaskResult& result)>
+  // released whatever becomes of the result (it is refused when the attempt
+  // was no longer current, e.g. it had timed out).
+  std::function<void(const std::string& executor_id, uint64_t ticket,
+                     const forge::v1::TaskResult& result)>
       result;
   // A chunk of live output.
   std::function<absl::Status(const forge::v1::TaskOutput& output)> output;

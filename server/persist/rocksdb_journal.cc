@@ -725,8 +725,20 @@ void RocksJournal::WriterLoop() {
     }
 
     int64_t write_micros = -1;
-    const absl::Status status =
-        sticky.ok() ? WriteGroup(group, &write_micros) : sticky;
+    absl::Status status = sticky.ok() ? WriteGroup(group, &write_micros) : sticky;
+    // hold_on_no_space: the group waits for room, in order, instead of
+    // failing; the retry comes from the writer's own timed wait (the next
+    // recovery attempt), not from a loop.
+    while (options_.hold_on_no_space && no_space_ && absl::IsResourceExhausted(status)) {
+      {
+        absl::MutexLock lock(&mu_);
+        stats_.disk_full = true;
+        const absl::Time retry = absl::Now() + options_.no_space_retry_interval;
+        while (!stopping_ && absl::Now() < retry) work_cv_.WaitWithDeadline(&mu_, retry);
+        if (stopping_) break;  // shutting down: the group fails, unapplied
+      }
+      status = WriteGroup(group, &write_micros);
+    }
     if (absl::IsUnavailable(status) && sticky.ok()) {
       // Sticky before any done runs: a done that commits again is refused.
       absl::MutexLock lock(&mu_);

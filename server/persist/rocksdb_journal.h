@@ -8,7 +8,8 @@
 // order with no journal lock held. Batches queued meanwhile form the next
 // group. The writer waits on a CondVar: no polling, no sleeps.
 //
-// ERRORS. ENOSPC on a write fails the group with RESOURCE_EXHAUSTED and
+// ERRORS. ENOSPC on a write (unless hold_on_no_space, below) fails the group
+// with RESOURCE_EXHAUSTED and
 // leaves the journal usable: later groups fail fast (the database stays open
 // for reads) until the file system has room again, then the writer closes
 // and reopens the database, which drops the torn, unacknowledged tail of the
@@ -72,6 +73,13 @@ struct RocksJournalOptions {
   // at most this often; groups in between fail at once with
   // RESOURCE_EXHAUSTED.
   absl::Duration no_space_retry_interval = absl::Milliseconds(100);
+  // true: a group that meets a full disk is not failed; the writer keeps it
+  // (and everything queued behind it, in order), reports disk_full in
+  // stats(), and writes it once the disk has room again. Nothing is lost or
+  // reordered, the dones only come later; callers refuse new work while
+  // disk_full (the engine answers RESOURCE_EXHAUSTED). false: the group
+  // fails with RESOURCE_EXHAUSTED, as described above.
+  bool hold_on_no_space = false;
   // Tests: the environment whose file system holds the files (fault
   // injection). Must outlive the journal. nullptr: rocksdb::Env::Default().
   rocksdb::Env* env = nullptr;

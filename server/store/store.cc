@@ -1,6 +1,7 @@
 #include "server/store/store.h"
 
 #include <algorithm>
+#include <cassert>
 #include <functional>
 #include <utility>
 
@@ -11,6 +12,7 @@
 #include "common/ids.h"
 #include "common/status.h"
 #include "common/proto_time.h"
+#include "server/store/records.h"
 
 namespace forge::store {
 
@@ -37,6 +39,12 @@ struct Store::TaskRuntime {
   std::unique_ptr<v1::Progress> progress;
   // Live output published by the current attempt (TASK_OUTPUT bytes).
   int64_t output_published = 0;
+  // Changed by the current transition: its record is written at Seal().
+  bool dirty = false;
+  // Attempts ended by a server restart (not counted by the retry policy).
+  int32_t restarts = 0;
+  // When the backoff of a READY, backing-off task ends.
+  absl::Time retry_at = absl::InfinitePast();
   // Latest checkpoint of any attempt; handed to the next attempt.
   std::string checkpoint;
   absl::Time ready_at = absl::InfinitePast();
@@ -57,6 +65,8 @@ struct Store::GraphRecord {
   int64_t seq = 0;
   bool cancel_requested = false;
   bool fail_fast_fired = false;
+  // Graph-level state changed by the current transition (see Seal()).
+  bool state_dirty = false;
   int32_t terminal = 0;
   v1::TaskCounts counts;
   absl::Time created_at;
@@ -119,6 +129,20 @@ uint64_t Fingerprint(const v1::GraphSpec& spec) {
   return std::hash<std::string>{}(bytes);
 }
 
+// Appends a length-delimited protobuf field (wire type 2) to `out`.
+void AppendLengthDelimited(std::string* out, int field, const std::string& bytes) {
+  auto varint = [out](uint64_t v) {
+    while (v >= 0x80) {
+      out->push_back(static_cast<char>(v | 0x80));
+      v >>= 7;
+    }
+    out->push_back(static_cast<char>(v));
+  };
+  varint(static_cast<uint64_t>(field) << 3 | 2);
+  varint(bytes.size());
+  out->append(bytes);
+}
+
 std::string SkipReason(v1::Trigger trigger) {
   const v1::Trigger t =
       trigger == v1::TRIGGER_UNSPECIFIED ? v1::ALL_SUCCESS : trigger;
@@ -144,6 +168,80 @@ class Store::Transition {
       : store_(store), g_(g), rng_(rng), now_(now), fx_(fx) {
     fx_.graph_id = g.id;
   }
+  // Every path that changes something ends with Seal() (durable mode would
+  // otherwise lose the records).
+  ~Transition() {
+    assert(sealed_ || !store_.journal_ ||
+           (fx_.events.empty() && dirty_.empty() && !g_.state_dirty));
+  }
+
+  void MarkDirty(int32_t i) {
+    if (!store_.journal_ || g_.tasks[i].dirty) return;
+    g_.tasks[i].dirty = true;
+    dirty_.push_back(i);
+  }
+  void MarkGraphDirty() {
+    if (store_.journal_ != nullptr) g_.state_dirty = true;
+  }
+
+  // Commits the journal records of what this transition changed (with any
+  // already in the effects' batch): its events, the tasks it touched, the
+  // graph's state. Called under the shard lock, so the journal's order is
+  // the store's.
+  void Seal() {
+    sealed_ = true;
+    if (store_.journal_ == nullptr) return;
+    persist::Batch& b = fx_.batch;
+    b.Reserve(b.size() + fx_.events.size() + dirty_.size() + 1);
+    for (const v1::Event& e : fx_.events) {
+      forge::journal::v1::EventRecord r;
+      r.set_version(kRecordVersion);
+      *r.mutable_event() = e;
+      b.Put(EventKey(g_.id, e.seq()), r.SerializeAsString());
+    }
+    for (int32_t i : dirty_) {
+      g_.tasks[i].dirty = false;
+      b.Put(TaskKey(g_.id, i), Store::TaskRecordOf(g_.tasks[i]).SerializeAsString());
+    }
+    dirty_.clear();
+    if (g_.state_dirty) {
+      g_.state_dirty = false;
+      forge::journal::v1::GraphStateRecord r;
+      r.set_version(kRecordVersion);
+      r.set_state(g_.state);
+      r.set_cancel_requested(g_.cancel_requested);
+      r.set_fail_fast_fired(g_.fail_fast_fired);
+      if (g_.finished_at != absl::InfinitePast()) {
+        ToProto(g_.finished_at, r.mutable_finished_at());
+      }
+      b.Put(StateKey(g_.id), r.SerializeAsString());
+    }
+    if (!b.empty()) {
+      fx_.durable = persist::Durability::Commit(*store_.journal_, std::move(b));
+      b = persist::Batch();
+    }
+  }
+
+  // Recovery: the attempt that was running when the server stopped is over
+  // (a late result of it is refused); the task is READY again at once, for
+  // an attempt that does not count against its retry policy.
+  void RestartAttempt(int32_t i) {
+    TaskRuntime& t = g_.tasks[i];
+    t.error = std::make_unique<v1::TaskError>();
+    t.error->set_code("LEASE_LOST");
+    t.error->set_message("the server restarted while the attempt ran");
+    if (!t.attempts.empty()) {
+      v1::Attempt& a = t.attempts.back();
+      a.set_state(v1::FAILED);
+      *a.mutable_error() = *t.error;
+      ToProto(now_, a.mutable_finished_at());
+    }
+    ++t.restarts;
+    v1::Event& e = EmitTask(v1::TASK_RETRY_SCHEDULED, i);
+    *e.mutable_error() = *t.error;
+    ToProto(now_, e.mutable_retry_at());
+    MakeReady(i);
+  }
 
   v1::Event& Emit(v1::EventType type) {
     v1::Event& e = fx_.events.emplace_back();
@@ -155,6 +253,9 @@ class Store::Transition {
   }
 
   v1::Event& EmitTask(v1::EventType type, int32_t i) {
+    // Every visible change of a task emits an event: its record follows
+    // (live output changes nothing the record holds).
+    if (type != v1::TASK_OUTPUT) MarkDirty(i);
     const v1::TaskSpec& spec = g_.spec.tasks(i);
     v1::Event& e = Emit(type);
     e.set_task(spec.name());
@@ -267,6 +368,7 @@ class Store::Transition {
     worklist_.push_back(i);
     if (s == v1::FAILED && g_.spec.fail_fast() && !g_.fail_fast_fired) {
       g_.fail_fast_fired = true;
+      MarkGraphDirty();
       const std::string why =
           absl::StrCat("fail_fast: task ", g_.spec.tasks(i).name(), " failed");
       for (int32_t k = 0; k < static_cast<int32_t>(g_.tasks.size()); ++k) {
@@ -313,6 +415,7 @@ class Store::Transition {
       g_.state = graph::Outcome(g_.cancel_requested, g_.counts.failed(),
                                 g_.counts.cancelled());
       g_.finished_at = now_;
+      MarkGraphDirty();
       v1::Event& e = Emit(EventFor(g_.state));
       *e.mutable_labels() = g_.spec.labels();
       fx_.terminal_graph.emplace();
@@ -353,12 +456,14 @@ class Store::Transition {
     }
     a.set_state(v1::FAILED);
     *a.mutable_error() = *t.error;
-    if (graph::ShouldRetry(spec, store_.options_.defaults, t.attempt, *t.error)) {
+    if (graph::ShouldRetry(spec, store_.options_.defaults, t.attempt - t.restarts,
+                           *t.error)) {
       const absl::Duration delay =
           graph::Backoff(spec, store_.options_.defaults, t.attempt,
                          absl::Uniform<double>(rng_, 0.0, 1.0));
       SetState(i, v1::READY);
       t.backing_off = true;
+      t.retry_at = now_ + delay;
       v1::Event& e = EmitTask(v1::TASK_RETRY_SCHEDULED, i);
       *e.mutable_error() = *t.error;
       ToProto(now_ + delay, e.mutable_retry_at());
@@ -386,9 +491,12 @@ class Store::Transition {
   const absl::Time now_;
   Effects& fx_;
   std::vector<int32_t> worklist_;
+  std::vector<int32_t> dirty_;
+  bool sealed_ = false;
 };
 
-Store::Store(StoreOptions options) : options_(std::move(options)) {
+Store::Store(StoreOptions options, persist::Journal* journal)
+    : options_(std::move(options)), journal_(journal) {
   const int n = std::max(1, options_.shards);
   shards_.reserve(n);
   for (int i = 0; i < n; ++i) shards_.push_back(std::make_unique<Shard>());
@@ -437,6 +545,7 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
                                            graph::CompiledGraph compiled,
                                            absl::Time now) {
   InsertResult result;
+  const uint64_t fingerprint = request_id.empty() ? 0 : Fingerprint(spec);
   auto insert = [&]() {
     auto g = std::make_unique<GraphRecord>();
     g->id = graph_id;
@@ -460,6 +569,29 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     *e.mutable_labels() = rec.spec.labels();
     e.set_message(rec.spec.name());
     for (int32_t root : rec.compiled.roots) tx.MakeReady(root);
+    if (journal_ != nullptr) {
+      // The spec is written once, as submitted; it is by far the largest
+      // record (a 1,000,000-task graph is ~40 MB), so it is encoded straight
+      // from the spec rather than copied into a record first.
+      forge::journal::v1::GraphSpecRecord r;
+      r.set_version(kRecordVersion);
+      r.set_id(rec.id);
+      r.set_request_id(rec.request_id);
+      ToProto(now, r.mutable_created_at());
+      std::string bytes = r.SerializeAsString();
+      AppendLengthDelimited(&bytes, forge::journal::v1::GraphSpecRecord::kSpecFieldNumber,
+                            rec.spec.SerializeAsString());
+      result.effects.batch.Put(SpecKey(rec.id), std::move(bytes));
+      if (!rec.request_id.empty()) {
+        forge::journal::v1::RequestRecord q;
+        q.set_version(kRecordVersion);
+        q.set_graph_id(rec.id);
+        q.set_fingerprint(fingerprint);
+        ToProto(now, q.mutable_created_at());
+        result.effects.batch.Put(RequestKey(rec.request_id), q.SerializeAsString());
+      }
+    }
+    tx.Seal();
     shard.graphs.emplace(graph_id, std::move(g));
     graph_count_.fetch_add(1, std::memory_order_relaxed);
   };
@@ -469,9 +601,13 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     result.created = true;
     return result;
   }
-  const uint64_t fingerprint = Fingerprint(spec);
   absl::MutexLock lock(&requests_mu_);
   auto it = requests_.find(request_id);
+  if (it != requests_.end() &&
+      now - it->second.created_at > options_.request_window) {
+    requests_.erase(it);  // past the idempotency window: a new request
+    it = requests_.end();
+  }
   if (it != requests_.end()) {
     if (it->second.fingerprint != fingerprint) {
       return absl::AlreadyExistsError(absl::StrCat(
@@ -483,9 +619,191 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     return result;
   }
   insert();
-  requests_.emplace(request_id, RequestEntry{graph_id, fingerprint});
+  requests_.emplace(request_id, RequestEntry{graph_id, fingerprint, now});
   result.created = true;
   return result;
+}
+
+namespace {
+
+void SetTime(absl::Time t, google::protobuf::Timestamp* out) {
+  if (t != absl::InfinitePast()) ToProto(t, out);
+}
+
+absl::Time GetTime(const google::protobuf::Timestamp& t) {
+  return t.seconds() == 0 && t.nanos() == 0 ? absl::InfinitePast() : FromProto(t);
+}
+
+}  // namespace
+
+forge::journal::v1::TaskRecord Store::TaskRecordOf(const TaskRuntime& t) {
+  forge::journal::v1::TaskRecord r;
+  r.set_version(kRecordVersion);
+  r.set_state(t.state);
+  r.set_backing_off(t.backing_off);
+  if (t.backing_off) SetTime(t.retry_at, r.mutable_retry_at());
+  r.set_attempt(t.attempt);
+  r.set_epoch(t.epoch);
+  r.set_exit_code(t.exit_code);
+  r.set_ready_seq(t.ready_seq);
+  r.set_worker_id(t.worker_id);
+  r.set_output(t.output);
+  if (t.error) *r.mutable_error() = *t.error;
+  if (t.progress) *r.mutable_progress() = *t.progress;
+  r.set_checkpoint(t.checkpoint);
+  SetTime(t.ready_at, r.mutable_ready_at());
+  SetTime(t.started_at, r.mutable_started_at());
+  SetTime(t.finished_at, r.mutable_finished_at());
+  for (const v1::Attempt& a : t.attempts) *r.add_attempts() = a;
+  r.set_restarts(t.restarts);
+  return r;
+}
+
+absl::StatusOr<Effects> Store::Erase(const std::string& graph_id) {
+  // Lock order: requests_mu_ before the shard lock.
+  absl::MutexLock requests(&requests_mu_);
+  Shard& shard = ShardFor(graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(graph_id);
+  if (it == shard.graphs.end()) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  Effects fx;
+  fx.graph_id = graph_id;
+  const std::string& request_id = it->second->request_id;
+  if (journal_ != nullptr) {
+    persist::Batch b;
+    b.DeleteRange(GraphPrefix(graph_id), GraphEnd(graph_id));
+    if (!request_id.empty()) b.Delete(RequestKey(request_id));
+    fx.durable = persist::Durability::Commit(*journal_, std::move(b));
+  }
+  if (!request_id.empty()) {
+    auto r = requests_.find(request_id);
+    if (r != requests_.end() && r->second.graph_id == graph_id) requests_.erase(r);
+  }
+  shard.graphs.erase(it);
+  graph_count_.fetch_sub(1, std::memory_order_relaxed);
+  return fx;
+}
+
+void Store::RestoreRequest(const std::string& request_id,
+                           const forge::journal::v1::RequestRecord& record) {
+  absl::MutexLock lock(&requests_mu_);
+  requests_[request_id] = RequestEntry{record.graph_id(), record.fingerprint(),
+                                       GetTime(record.created_at())};
+}
+
+absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
+                                       graph::CompiledGraph compiled,
+                                       absl::Time now) {
+  auto g = std::make_unique<GraphRecord>();
+  g->id = rec.spec.id();
+  g->request_id = rec.spec.request_id();
+  g->spec = std::move(*rec.spec.mutable_spec());
+  g->compiled = std::move(compiled);
+  g->created_at = GetTime(rec.spec.created_at());
+  const int32_t n = g->spec.tasks_size();
+  g->tasks.resize(n);
+  g->by_name.reserve(n);
+  for (int32_t i = 0; i < n; ++i) g->by_name.emplace(g->spec.tasks(i).name(), i);
+  g->state = rec.state.state() == v1::GRAPH_STATE_UNSPECIFIED
+                 ? v1::GRAPH_STATE_RUNNING
+                 : rec.state.state();
+  g->cancel_requested = rec.state.cancel_requested();
+  g->fail_fast_fired = rec.state.fail_fast_fired();
+  g->finished_at = GetTime(rec.state.finished_at());
+  g->seq = rec.last_seq;
+  uint64_t max_epoch = 0, max_ready_seq = 0;
+  for (auto& [i, r] : rec.tasks) {
+    if (i < 0 || i >= n) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "graph ", g->id, ": journal has task index ", i, " of ", n));
+    }
+    TaskRuntime& t = g->tasks[i];
+    t.state = r.state();
+    t.backing_off = r.backing_off();
+    t.retry_at = GetTime(r.retry_at());
+    t.attempt = r.attempt();
+    t.epoch = r.epoch();
+    t.exit_code = r.exit_code();
+    t.ready_seq = r.ready_seq();
+    t.worker_id = r.worker_id();
+    t.output = std::move(*r.mutable_output());
+    if (r.has_error()) t.error = std::make_unique<v1::TaskError>(r.error());
+    if (r.has_progress()) t.progress = std::make_unique<v1::Progress>(r.progress());
+    t.checkpoint = std::move(*r.mutable_checkpoint());
+    t.ready_at = GetTime(r.ready_at());
+    t.started_at = GetTime(r.started_at());
+    t.finished_at = GetTime(r.finished_at());
+    t.attempts.assign(r.attempts().begin(), r.attempts().end());
+    t.restarts = r.restarts();
+    max_epoch = std::max(max_epoch, t.epoch);
+    max_ready_seq = std::max(max_ready_seq, t.ready_seq);
+  }
+  // What Insert and the transitions keep incrementally, from the states.
+  for (int32_t i = 0; i < n; ++i) {
+    TaskRuntime& t = g->tasks[i];
+    Bump(g->counts, t.state, +1);
+    if (graph::IsTerminal(t.state)) ++g->terminal;
+    t.pending = static_cast<int32_t>(g->compiled.deps[i].size());
+    for (int32_t d : g->compiled.deps[i]) {
+      const v1::TaskState ds = g->tasks[d].state;
+      if (!graph::IsTerminal(ds)) continue;
+      --t.pending;
+      if (ds != v1::SUCCEEDED) ++t.unsuccessful;
+      if (ds == v1::FAILED) ++t.failed;
+    }
+  }
+  // Leases and READY order continue past everything journaled.
+  for (std::atomic<uint64_t>* next : {&next_epoch_, &next_ready_seq_}) {
+    const uint64_t floor = (next == &next_epoch_ ? max_epoch : max_ready_seq) + 1;
+    uint64_t cur = next->load();
+    while (cur < floor && !next->compare_exchange_weak(cur, floor)) {
+    }
+  }
+
+  Effects fx;
+  const std::string id = g->id;
+  Shard& shard = ShardFor(id);
+  absl::MutexLock lock(&shard.mu);
+  if (shard.graphs.count(id)) {
+    return absl::FailedPreconditionError(absl::StrCat("graph ", id, " restored twice"));
+  }
+  GraphRecord& rg = *g;
+  shard.graphs.emplace(id, std::move(g));
+  graph_count_.fetch_add(1, std::memory_order_relaxed);
+  Transition tx(*this, rg, shard.rng, now, fx);
+  for (int32_t i = 0; i < n; ++i) {
+    TaskRuntime& t = rg.tasks[i];
+    const v1::TaskSpec& spec = rg.spec.tasks(i);
+    if (t.state == v1::RUNNING) {
+      tx.RestartAttempt(i);
+    } else if (t.state == v1::READY && t.backing_off) {
+      fx.retries.push_back(RetryTimer{id, i, t.attempt, t.retry_at});
+    } else if (t.state == v1::READY) {
+      ReadyTask& r = fx.ready.emplace_back();
+      r.graph_id = id;
+      r.index = i;
+      r.queue = QueueOf(spec);
+      r.priority = spec.priority();
+      r.ordering_key = spec.ordering_key();
+      r.ready_seq = t.ready_seq;
+      if (spec.timeouts().has_schedule_to_start()) {
+        AttemptTimer& timer = fx.attempt_timers.emplace_back();
+        timer.kind = AttemptTimer::kScheduleToStart;
+        timer.graph_id = id;
+        timer.index = i;
+        timer.ready_seq = t.ready_seq;
+        timer.due = t.ready_at + FromProto(spec.timeouts().schedule_to_start());
+      }
+    }
+  }
+  // The queues take the restored READY tasks in their old order.
+  std::sort(fx.ready.begin(), fx.ready.end(),
+            [](const ReadyTask& a, const ReadyTask& b) { return a.ready_seq < b.ready_seq; });
+  tx.Drain();  // finishes a graph whose last transition was its last task's
+  tx.Seal();
+  return std::move(fx);
 }
 
 absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
@@ -524,6 +842,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   ToProto(now, a.mutable_started_at());
   tx.EmitTask(v1::TASK_STARTED, index).set_worker_id(worker_id);
   tx.ArmAttemptTimers(index, heartbeat);
+  tx.Seal();
 
   const v1::TaskSpec& spec = g.spec.tasks(index);
   v1::Assignment& as = result.assignment;
@@ -565,6 +884,7 @@ absl::StatusOr<Effects> Store::OnRunning(const v1::Lease& lease, absl::Time now,
   Effects fx;
   Transition tx(*this, *g, shard.rng, now, fx);
   RETURN_IF_ERROR(fn(*t, tx));
+  tx.Seal();
   return fx;
 }
 
@@ -588,6 +908,7 @@ absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
             " bytes exceeds the limit of ", options_.max_checkpoint_bytes));
       }
       t.checkpoint = progress.checkpoint();
+      tx.MarkDirty(progress.lease().task_index());
     }
     if (!progress.has_progress()) return absl::OkStatus();  // checkpoint alone
     t.progress = std::make_unique<v1::Progress>(progress.progress());
@@ -662,6 +983,7 @@ Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
       t.error->set_non_retryable(true);
       tx.Terminate(i, v1::FAILED, t.error->message());
       tx.Drain();
+      tx.Seal();
       return fx;
     case AttemptTimer::kRun:
     case AttemptTimer::kHeartbeat:
@@ -679,6 +1001,7 @@ Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
     tx.ExpireAttempt(i, "TIMEOUT",
                      absl::StrCat("run timeout of ", absl::FormatDuration(run),
                                   " exceeded"));
+    tx.Seal();
     return fx;
   }
   const absl::Duration hb = spec.timeouts().has_heartbeat()
@@ -695,6 +1018,7 @@ Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
   tx.ExpireAttempt(i, "LEASE_LOST",
                    absl::StrCat("no heartbeat from ", t.worker_id, " for ",
                                 absl::FormatDuration(hb)));
+  tx.Seal();
   return fx;
 }
 
@@ -714,6 +1038,7 @@ Effects Store::RetryDue(const RetryTimer& timer, absl::Time now) {
   }
   Transition tx(*this, g, shard.rng, now, fx);
   tx.MakeReady(timer.index);
+  tx.Seal();
   return fx;
 }
 
@@ -728,6 +1053,7 @@ absl::StatusOr<Effects> Store::CancelGraph(const std::string& graph_id,
   if (graph::IsTerminal(g.state)) return fx;
   g.cancel_requested = true;
   Transition tx(*this, g, shard.rng, now, fx);
+  tx.MarkGraphDirty();
   const std::string why =
       reason.empty() ? std::string("graph cancelled") : reason;
   for (int32_t k = 0; k < static_cast<int32_t>(g.tasks.size()); ++k) {
@@ -736,6 +1062,7 @@ absl::StatusOr<Effects> Store::CancelGraph(const std::string& graph_id,
     }
   }
   tx.Drain();
+  tx.Seal();
   return fx;
 }
 
@@ -758,6 +1085,7 @@ absl::StatusOr<Effects> Store::CancelTask(const std::string& graph_id,
   tx.Terminate(t->second, v1::CANCELLED,
                reason.empty() ? std::string("task cancelled") : reason);
   tx.Drain();
+  tx.Seal();
   return fx;
 }
 
@@ -769,6 +1097,9 @@ absl::StatusOr<Effects> Store::AddTerminalWaiter(const std::string& graph_id,
   GraphRecord& g = *found;
   Effects fx;
   if (graph::IsTerminal(g.state)) {
+    // The terminal transition's records may still be in flight: an empty
+    // commit is done only after every earlier one (a barrier).
+    if (journal_ != nullptr) fx.durable = persist::Durability::Commit(*journal_, {});
     fx.graph_id = graph_id;
     fx.terminal_graph.emplace();
     FillGraph(g, v1::BASIC, &*fx.terminal_graph);

@@ -34,9 +34,12 @@
 #include "absl/time/time.h"
 #include "forge/v1/orchestrator.pb.h"
 #include "forge/v1/types.pb.h"
+#include "forge/journal/v1/records.pb.h"
 #include "forge/v1/worker.pb.h"
 #include "server/graph/compiled_graph.h"
 #include "server/graph/rules.h"
+#include "server/persist/durability.h"
+#include "server/persist/journal.h"
 
 namespace forge::store {
 
@@ -88,6 +91,14 @@ using TerminalWaiter = absl::AnyInvocable<void(const forge::v1::Graph&)>;
 // records are durable.
 struct Effects {
   std::string graph_id;
+  // Durable mode: the promise of the transition's journal records (its
+  // events, the tasks and graph state it changed; see records.h), committed
+  // under the shard lock so the journal's order is the store's. Apply the
+  // rest only once it is resolved OK. Null when nothing was journaled (or
+  // ephemeral): apply at once.
+  std::shared_ptr<persist::Durability> durable;
+  // Records being gathered by the transition (empty once committed).
+  persist::Batch batch;
   std::vector<forge::v1::Event> events;  // dense seqs, in order
   std::vector<ReadyTask> ready;
   std::vector<RetryTimer> retries;
@@ -100,13 +111,15 @@ struct Effects {
   int32_t tasks_finished = 0;
 
   bool empty() const {
-    return events.empty() && ready.empty() && retries.empty() &&
+    return batch.empty() && events.empty() && ready.empty() && retries.empty() &&
            attempt_timers.empty() && cancels.empty() && waiters.empty();
   }
 };
 
 struct StoreOptions {
   int shards = 16;
+  // How long a request_id keeps returning the graph it created.
+  absl::Duration request_window = absl::Hours(24);
   graph::PolicyDefaults defaults;
   // Upstream outputs handed to an assignment: per dependency and in total.
   int64_t max_upstream_output_bytes = 64 << 10;
@@ -132,6 +145,14 @@ struct InsertResult {
   Effects effects;
 };
 
+// A graph read back from the journal (Store::Restore).
+struct RecoveredGraph {
+  forge::journal::v1::GraphSpecRecord spec;
+  forge::journal::v1::GraphStateRecord state;  // default: RUNNING
+  std::vector<std::pair<int32_t, forge::journal::v1::TaskRecord>> tasks;
+  int64_t last_seq = 0;  // its last journaled event
+};
+
 // Result of Store::StartAttempt.
 struct StartResult {
   forge::v1::Assignment assignment;
@@ -140,7 +161,9 @@ struct StartResult {
 
 class Store {
  public:
-  Store(StoreOptions options);
+  // `journal`: durable mode, every transition commits its records to it
+  // (under the shard lock). Null: ephemeral, nothing is serialized.
+  explicit Store(StoreOptions options, persist::Journal* journal = nullptr);
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -155,6 +178,26 @@ class Store {
                                       forge::v1::GraphSpec spec,
                                       graph::CompiledGraph compiled,
                                       absl::Time now);
+
+  // Recovery: puts back a graph read from the journal (compiled from its
+  // spec by the caller), with pending counts recomputed from its tasks'
+  // states. The effects resume it: READY tasks queued again in their old
+  // order, backoffs and schedule-to-start deadlines re-armed, and every
+  // attempt that was RUNNING ended by the restart (LEASE_LOST "server
+  // restarted", fenced: a late result of it is refused) and its task READY at
+  // once for a new attempt that does not count against its retry policy;
+  // those changes carry their own events and records. Lease epochs and the
+  // READY order continue past the journal's. FAILED_PRECONDITION for records
+  // that do not fit the spec (a task index out of range).
+  absl::StatusOr<Effects> Restore(RecoveredGraph recovered,
+                                  graph::CompiledGraph compiled, absl::Time now);
+  // Retention: forgets a graph, in memory and (durable mode) in the journal
+  // (its whole key range, and its request_id). NOT_FOUND if unknown.
+  absl::StatusOr<Effects> Erase(const std::string& graph_id);
+
+  // Recovery: an idempotency key read from the journal.
+  void RestoreRequest(const std::string& request_id,
+                      const forge::journal::v1::RequestRecord& record);
 
   // READY -> RUNNING: leases task `index` of `graph_id` to `worker_id` as a
   // new attempt. FAILED_PRECONDITION if the task is no longer READY (it was
@@ -246,6 +289,7 @@ class Store {
   struct RequestEntry {
     std::string graph_id;
     uint64_t fingerprint = 0;
+    absl::Time created_at;
   };
 
   Shard& ShardFor(const std::string& graph_id) const;
@@ -260,6 +304,9 @@ class Store {
   static void FillTask(const GraphRecord& g, int32_t index,
                        forge::v1::Task* out);
 
+  // A task's journal record (durable mode).
+  static forge::journal::v1::TaskRecord TaskRecordOf(const TaskRuntime& t);
+
   // Transition helpers; all run under the graph's shard lock.
   class Transition;
   // Runs `fn(task, transition)` under the shard lock once `lease` is fenced
@@ -270,6 +317,7 @@ class Store {
                                     absl::Time now, Fn fn);
 
   const StoreOptions options_;
+  persist::Journal* const journal_;
   std::vector<std::unique_ptr<Shard>> shards_;
 
   // Held across an insert that carries a request_id, so two concurrent

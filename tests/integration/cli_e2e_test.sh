@@ -14,7 +14,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- forged log"; cat "$work/forged.log" || true; exit 1; }
 
-"$bin/forged" --listen 127.0.0.1:0 --metrics-listen "" --shutdown-grace-seconds 5 \
+"$bin/forged" --listen 127.0.0.1:0 --metrics-listen "" --data-dir "$work/data" --shutdown-grace-seconds 5 \
   2>"$work/forged.log" &
 pids+=($!)
 port=""
