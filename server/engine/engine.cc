@@ -481,7 +481,7 @@ void Engine::Pump(const std::string& queue) {
     // The journal resolves in commit order: once the last attempt's records
     // are durable, so are the others' (or they failed).
     std::shared_ptr<persist::Durability> last = batch.durables.back();
-    last->Then([this, id, batch = std::move(batch)](absl::Status) mutable {
+    last->Then([this, executor_id = id, batch = std::move(batch)](absl::Status) mutable {
       std::vector<sched::Dispatch> ready;
       for (size_t i = 0; i < batch.dispatches.size(); ++i) {
         if (batch.durables[i]->status().ok()) {
@@ -490,7 +490,9 @@ void Engine::Pump(const std::string& queue) {
           scheduler_.Release(batch.dispatches[i].ticket);
         }
       }
-      if (!ready.empty()) HandOver(id, std::move(batch.executor), std::move(ready));
+      if (!ready.empty()) {
+        HandOver(executor_id, std::move(batch.executor), std::move(ready));
+      }
     });
   }
 }
