@@ -739,6 +739,11 @@ void RocksJournal::WriterLoop() {
       }
       status = WriteGroup(group, &write_micros);
     }
+    if (options_.hold_on_no_space) {
+      // Before the dones: whoever they answer sees the disk as it is now.
+      absl::MutexLock lock(&mu_);
+      stats_.disk_full = no_space_;
+    }
     if (absl::IsUnavailable(status) && sticky.ok()) {
       // Sticky before any done runs: a done that commits again is refused.
       absl::MutexLock lock(&mu_);
