@@ -616,6 +616,11 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     }
     result.graph_id = it->second.graph_id;
     result.created = false;
+    // The graph it names may still be on its way to disk: the reply waits
+    // behind an empty commit, done only after every earlier one.
+    if (journal_ != nullptr) {
+      result.effects.durable = persist::Durability::Commit(*journal_, {});
+    }
     return result;
   }
   insert();

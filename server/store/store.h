@@ -4,14 +4,19 @@
 // lock of the graph's shard, changes the in-memory state, assigns the events'
 // per-graph sequence numbers, decides readiness by pending-dependency counts
 // (in the same critical section as the finishing dependency: no scans, no
-// polling), and RETURNS an Effects value. The caller (the engine) applies the
-// effects after the lock is released: journal, event bus, queues, timers,
-// cancels, waiters. Nothing here does I/O or calls out.
+// polling), and RETURNS an Effects value. In durable mode it also commits its
+// journal records (queued for the journal's writer: no I/O under the lock)
+// and the Effects carry the promise of their durability. The caller (the
+// engine) applies the effects after the lock is released, once durable:
+// event bus, queues, timers, cancels, waiters.
 //
 // LOCK ORDER (Forge-wide; keep it):
-//   Store::requests_mu_  ->  Shard::mu
-//   Shard locks never nest in each other. No other lock is taken while a
-//   shard lock is held. The engine never holds a store lock while it calls
+//   Store::requests_mu_  ->  Shard::mu  ->  the journal's queue mutex (leaf)
+//                                       ->  Durability::mu_ (leaf)
+//   Shard locks never nest in each other. The only locks taken while a
+//   shard lock is held are the journal's leaf mutexes, to commit the
+//   transition's records (durable mode) so that the journal's order is the
+//   store's. The engine never holds a store lock while it calls
 //   the scheduler, the event bus, an executor or the journal.
 //
 // Thread-safe: every public method may be called from any thread.

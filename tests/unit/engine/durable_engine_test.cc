@@ -144,6 +144,28 @@ TEST(DurableEngineTest, NothingIsVisibleBeforeItsRecordsAreDurable) {
   timers.Shutdown();
 }
 
+TEST(DurableEngineTest, ARepeatedRequestIdIsAnsweredOnlyOnceItsGraphIsDurable) {
+  TimerService timers(Clock::Real());
+  events::EventBus bus;
+  ManualJournal journal;
+  Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  v1::SubmitGraphRequest req;
+  req.set_request_id("same");
+  req.mutable_graph()->add_tasks()->set_name("t");
+  std::optional<absl::StatusOr<v1::SubmitGraphResponse>> first, second;
+  engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { first = std::move(r); });
+  engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { second = std::move(r); });
+  EXPECT_FALSE(first.has_value());
+  EXPECT_FALSE(second.has_value()) << "a retry was told the graph exists before it was durable";
+  journal.Release();
+  ASSERT_TRUE(first.has_value() && first->ok());
+  ASSERT_TRUE(second.has_value() && second->ok());
+  EXPECT_EQ((*first)->graph_id(), (*second)->graph_id());
+  EXPECT_TRUE((*first)->created());
+  EXPECT_FALSE((*second)->created());
+  timers.Shutdown();
+}
+
 TEST(DurableEngineTest, ARecoveredEngineContinuesTheSameGraph) {
   ManualJournal journal;
   std::string id;
