@@ -14,15 +14,23 @@ std::chrono::system_clock::time_point In(absl::Duration d) {
 }
 
 // A handler that signals when it starts and then waits to be cancelled.
+// A handler that blocks until its task is cancelled. Its notifications are
+// shared with the handler: the worker (stopped in TearDown) may still be
+// running it after the test body has returned.
 struct Blocker {
-  absl::Notification started;
-  absl::Notification saw_cancel;
+  struct State {
+    absl::Notification started;
+    absl::Notification saw_cancel;
+  };
+  std::shared_ptr<State> state = std::make_shared<State>();
+  absl::Notification& started = state->started;
+  absl::Notification& saw_cancel = state->saw_cancel;
   client::Handler handler() {
-    return [this](client::TaskContext& ctx) {
-      started.Notify();
+    return [state = state](client::TaskContext& ctx) {
+      state->started.Notify();
       client::TaskOutcome o;
       if (ctx.WaitCancelled(absl::Seconds(60))) {
-        saw_cancel.Notify();
+        state->saw_cancel.Notify();
         o.success = false;
         o.error_code = "CANCELLED";
       }
