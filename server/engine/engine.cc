@@ -45,6 +45,9 @@ absl::Status Engine::Admit() const {
     return absl::UnavailableError(
         absl::StrCat("the journal failed, nothing can be made durable: ", h.message()));
   }
+  if (journal_failed_.load()) {
+    return absl::UnavailableError("the journal refused a transition; restart the server");
+  }
   const persist::JournalStats st = journal_->stats();
   if (st.disk_full) {
     return absl::ResourceExhaustedError(
@@ -387,8 +390,10 @@ void Engine::Apply(store::Effects fx, Ack then) {
 }
 
 void Engine::NotDurable(const absl::Status& status) {
-  // Only a failed journal refuses what it accepted (the disk-full case
-  // waits for space instead): nothing more can be made durable.
+  // Only a failed journal (or one past its hard backlog limit, far above
+  // what Admit lets in) refuses what a transition committed; the disk-full
+  // case waits for space instead. What that transition would have made
+  // visible is dropped, so the server stops taking writes.
   if (!journal_failed_.exchange(true) && options_.on_journal_failure) {
     options_.on_journal_failure(status);
   }
