@@ -155,6 +155,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     s.started = started_.load(std::memory_order_relaxed);
     s.spawn_failures = spawn_failures_.load(std::memory_order_relaxed);
     s.killed = killed_.load(std::memory_order_relaxed);
+    s.finished = finished_.load(std::memory_order_relaxed);
     return s;
   }
 
@@ -568,6 +569,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     std::unique_ptr<Run> done = std::move(runs_[id]);
     runs_.erase(id);
     sink_.result(executor_id, ticket, r);  // fenced by the store
+    finished_.fetch_add(1, std::memory_order_relaxed);
   }
 
   // SIGTERM to the group now, SIGKILL after the grace.
@@ -639,6 +641,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
   std::atomic<int64_t> started_{0};
   std::atomic<int64_t> spawn_failures_{0};
   std::atomic<int64_t> killed_{0};
+  std::atomic<int64_t> finished_{0};
 };
 
 namespace {

@@ -57,6 +57,7 @@ struct RunnerStats {
   int64_t started = 0;         // processes spawned
   int64_t spawn_failures = 0;  // attempts that could not start a process
   int64_t killed = 0;          // process groups that needed SIGKILL
+  int64_t finished = 0;        // spawned processes whose result was reported
 };
 
 class CommandRunner {

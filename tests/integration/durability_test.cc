@@ -28,17 +28,6 @@ using google::protobuf::util::MessageDifferencer;
 
 class DurabilityTest : public ForgeTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           absl::StrCat("forge-durability-test-", ::getpid(), "-", counter_++);
-    fs::create_directories(dir_);
-    ForgeTest::SetUp();
-  }
-  void TearDown() override {
-    ForgeTest::TearDown();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   void Configure(ServerOptions& o) override {
     o.data_dir = (dir_ / "data").string();
     o.engine.retention = retention_;
@@ -67,8 +56,8 @@ class DurabilityTest : public ForgeTest {
     return s;
   }
 
-  static inline int counter_ = 0;
-  fs::path dir_;
+  ScopedTempDir tmp_{"forge-durability-test"};
+  const fs::path dir_ = tmp_.path();
   absl::Duration retention_ = absl::Hours(24);
 };
 
@@ -248,8 +237,6 @@ TEST_F(DurabilityTest, ACorruptJournalIsReportedNotSkipped) {
 class DiskFullTest : public DurabilityTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           absl::StrCat("forge-diskfull-test-", ::getpid(), "-", counter_++);
     fs::create_directories(dir_ / "mnt");
     ASSERT_NE(getcwd(old_cwd_, sizeof old_cwd_), nullptr);
     if (mount("tmpfs", (dir_ / "mnt").c_str(), "tmpfs", 0, "size=200m") != 0) {
@@ -265,8 +252,6 @@ class DiskFullTest : public DurabilityTest {
   void TearDown() override {
     ForgeTest::TearDown();
     if (mounted_) ASSERT_EQ(chdir(old_cwd_), 0);
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
   }
   void Configure(ServerOptions& o) override { o.data_dir = "data"; }
   static void Fill() {

@@ -1,5 +1,10 @@
 #include "tests/integration/fixture.h"
 
+#include <unistd.h>
+
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 
@@ -10,6 +15,19 @@ std::chrono::system_clock::time_point In(absl::Duration d) {
   return absl::ToChronoTime(absl::Now() + d);
 }
 }  // namespace
+
+ScopedTempDir::ScopedTempDir(const std::string& prefix) {
+  static std::atomic<int> counter{0};
+  path_ = std::filesystem::temp_directory_path() /
+          absl::StrCat(prefix, "-", ::getpid(), "-", counter.fetch_add(1));
+  std::filesystem::remove_all(path_);
+  std::filesystem::create_directories(path_);
+}
+
+ScopedTempDir::~ScopedTempDir() {
+  std::error_code ec;  // best effort: a leftover is only disk
+  std::filesystem::remove_all(path_, ec);
+}
 
 void ForgeTest::StartServer() {
   ServerOptions options;

@@ -58,15 +58,8 @@ std::vector<pid_t> ReadPids(const std::string& path) {
 class RunnerTest : public ForgeTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           absl::StrCat("forge-runner-test-", ::getpid(), "-", counter_++);
     fs::create_directories(dir_ / "projects");
     ForgeTest::SetUp();
-  }
-  void TearDown() override {
-    ForgeTest::TearDown();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
   }
 
   void Configure(ServerOptions& o) override {
@@ -156,13 +149,16 @@ profiles:
     ADD_FAILURE() << "event not seen: " << reader->Finish().error_message();
   }
 
-  // Every runner process has been reaped and reported (test-side wait).
+  // Every runner process has been reaped and its result reported
+  // (test-side wait).
   void WaitNoProcesses() {
+    auto done = [this] {
+      const exec::RunnerStats st = server().runner()->stats();
+      return st.running == 0 && st.finished == st.started;
+    };
     const absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while (server().runner()->stats().running != 0 && absl::Now() < deadline) {
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-    EXPECT_EQ(server().runner()->stats().running, 0);
+    while (!done() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+    EXPECT_TRUE(done());
   }
 
   std::string Output(const std::vector<v1::Event>& events, v1::OutputStream s) {
@@ -173,8 +169,8 @@ profiles:
     return out;
   }
 
-  static inline int counter_ = 0;
-  fs::path dir_;
+  ScopedTempDir tmp_{"forge-runner-test"};
+  const fs::path dir_ = tmp_.path();
 };
 
 TEST_F(RunnerTest, InputGoesToStdinAndStdoutIsTheOutputPublishedLive) {
