@@ -9,6 +9,7 @@ PACKAGES=(
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev
   clang-14 libclang-rt-14-dev
   python3 python3-grpcio python3-protobuf
+  libcurl4-openssl-dev prometheus curl
 )
 
 missing=()

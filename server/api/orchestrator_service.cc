@@ -155,10 +155,14 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
-      if (!ok) {
-        // The client is gone; reads of it would fail too.
+      // A write may complete (ok) after OnCancel ran while it was in flight:
+      // OnCancel left the Finish to this callback, so the call ends here
+      // either way (else it would never end and the server's shutdown would
+      // wait for it forever).
+      if (!ok || cancelled_) {
         if (finished_) return;
         finished_ = true;
+        ok = false;
       }
     }
     if (!ok) {
@@ -257,7 +261,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
     grpc::Status status;
     {
       absl::MutexLock lock(&mu_);
-      if (finished_ || !started_) return;
+      if (finished_ || !started_ || cancelled_) return;
       if (writing_) {
         // A cut-off subscriber whose write does not complete (the client
         // stopped reading) is cancelled after a grace period.
