@@ -6,12 +6,14 @@
 #include <grpcpp/server_builder.h>
 
 #include <algorithm>
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "server/api/orchestrator_service.h"
 #include "server/api/worker_service.h"
+#include "common/otlp.h"
 #include "server/obs/metrics.h"
+#include "server/obs/rpc_metrics.h"
 #include "server/persist/rocksdb_journal.h"
 
 namespace forge {
@@ -20,9 +22,17 @@ namespace forge {
 namespace {
 
 // Everything /metrics shows, read at scrape time.
-std::vector<prometheus::MetricFamily> Collect(Engine& engine,
-                                              const exec::CommandRunner* runner) {
+struct Sources {
+  Engine* engine = nullptr;
+  const exec::CommandRunner* runner = nullptr;
+  const persist::Journal* journal = nullptr;
+  const obs::RpcMetrics* rpc = nullptr;
+  const otlp::SpanExporter* spans = nullptr;
+};
+
+std::vector<prometheus::MetricFamily> Collect(const Sources& src) {
   using prometheus::MetricType;
+  Engine& engine = *src.engine;
   const EngineCounters c = engine.counters();
   const events::EventBus& bus = engine.bus();
   std::vector<prometheus::MetricFamily> out;
@@ -32,8 +42,20 @@ std::vector<prometheus::MetricFamily> Collect(Engine& engine,
   auto gauge = [&](const char* name, const char* help, double v) {
     out.push_back(obs::FamilyBuilder(name, help, MetricType::Gauge).Add(v).take());
   };
+  auto histogram = [&](const char* name, const char* help, const HistogramSnapshot& h) {
+    if (h.bounds.empty()) return;
+    out.push_back(
+        obs::FamilyBuilder(name, help, MetricType::Histogram).AddHistogram(h).take());
+  };
   counter("forge_graphs_submitted_total", "Graphs accepted by SubmitGraph.",
           c.graphs_submitted);
+  out.push_back(obs::FamilyBuilder("forge_graphs_finished_total",
+                                   "Graphs that reached a terminal state, by outcome.",
+                                   MetricType::Counter)
+                    .Add(c.graphs_succeeded, {{"outcome", "succeeded"}})
+                    .Add(c.graphs_failed, {{"outcome", "failed"}})
+                    .Add(c.graphs_cancelled, {{"outcome", "cancelled"}})
+                    .take());
   counter("forge_tasks_submitted_total", "Tasks in accepted graphs.",
           c.tasks_submitted);
   counter("forge_tasks_dispatched_total", "Attempts handed to executors.",
@@ -50,6 +72,44 @@ std::vector<prometheus::MetricFamily> Collect(Engine& engine,
   counter("forge_watch_subscribers_cut_off_total",
           "Watchers ended for falling behind (RESOURCE_EXHAUSTED or OUT_OF_RANGE).",
           bus.subscribers_cut_off());
+
+  // Per queue: stage histograms and outcomes.
+  obs::FamilyBuilder dep("forge_task_dependency_wait_seconds",
+                         "Submitted -> READY (waiting for dependencies), per queue.",
+                         MetricType::Histogram);
+  obs::FamilyBuilder qwait("forge_task_queue_wait_seconds",
+                           "READY -> dispatched to an executor, per attempt.",
+                           MetricType::Histogram);
+  obs::FamilyBuilder pickup("forge_task_pickup_seconds",
+                            "Dispatched -> the executor began the attempt.",
+                            MetricType::Histogram);
+  obs::FamilyBuilder run("forge_task_run_seconds",
+                         "Began (or dispatched, if not reported) -> finished, per attempt.",
+                         MetricType::Histogram);
+  obs::FamilyBuilder finished("forge_tasks_finished_total",
+                              "Tasks that reached a terminal state, by queue and outcome.",
+                              MetricType::Counter);
+  obs::FamilyBuilder retries("forge_task_retries_total",
+                             "Failed attempts that will be retried.", MetricType::Counter);
+  obs::FamilyBuilder timeouts("forge_task_timeouts_total",
+                              "Attempts failed by a run or schedule-to-start timeout.",
+                              MetricType::Counter);
+  engine.task_metrics().ForEach([&](const std::string& q, const obs::QueueTaskMetrics& m) {
+    dep.AddHistogram(m.dependency_wait.Snapshot(), {{"queue", q}});
+    qwait.AddHistogram(m.queue_wait.Snapshot(), {{"queue", q}});
+    pickup.AddHistogram(m.pickup.Snapshot(), {{"queue", q}});
+    run.AddHistogram(m.run.Snapshot(), {{"queue", q}});
+    finished.Add(m.succeeded.load(), {{"queue", q}, {"outcome", "succeeded"}});
+    finished.Add(m.failed.load(), {{"queue", q}, {"outcome", "failed"}});
+    finished.Add(m.cancelled.load(), {{"queue", q}, {"outcome", "cancelled"}});
+    finished.Add(m.skipped.load(), {{"queue", q}, {"outcome", "skipped"}});
+    retries.Add(m.retries.load(), {{"queue", q}});
+    timeouts.Add(m.timeouts.load(), {{"queue", q}});
+  });
+  for (obs::FamilyBuilder* f : {&dep, &qwait, &pickup, &run, &finished, &retries, &timeouts}) {
+    out.push_back(f->take());
+  }
+
   obs::FamilyBuilder depth("forge_queue_depth", "READY tasks waiting per queue.",
                            MetricType::Gauge);
   obs::FamilyBuilder running("forge_queue_running", "Running tasks per queue.",
@@ -69,8 +129,52 @@ std::vector<prometheus::MetricFamily> Collect(Engine& engine,
   gauge("forge_workers_connected", "Connected executors.", workers);
   gauge("forge_worker_slots", "Slots of connected executors.", slots);
   gauge("forge_worker_free_slots", "Free slots of connected executors.", free_slots);
-  if (runner != nullptr) {
-    const exec::RunnerStats r = runner->stats();
+
+  if (src.rpc != nullptr) {
+    obs::FamilyBuilder calls("forge_rpc_requests_total",
+                             "RPCs finished, by method and gRPC status code.",
+                             MetricType::Counter);
+    obs::FamilyBuilder latency("forge_rpc_duration_seconds",
+                               "RPC duration (streams: their whole life), by method.",
+                               MetricType::Histogram);
+    for (const std::unique_ptr<obs::MethodMetrics>& m : src.rpc->methods()) {
+      const HistogramSnapshot h = m->duration.Snapshot();
+      latency.AddHistogram(h, {{"service", m->service}, {"method", m->method}});
+      for (size_t code = 0; code < m->by_code.size(); ++code) {
+        const int64_t n = m->by_code[code].load(std::memory_order_relaxed);
+        if (n == 0) continue;  // a series appears with its first call
+        calls.Add(n, {{"service", m->service},
+                      {"method", m->method},
+                      {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
+      }
+    }
+    out.push_back(calls.take());
+    out.push_back(latency.take());
+  }
+
+  if (src.journal != nullptr) {
+    const persist::JournalStats j = src.journal->stats();
+    counter("forge_journal_commits_total", "Journal batches made durable.", j.commits);
+    counter("forge_journal_failed_commits_total",
+            "Journal batches refused or failed.", j.failed_commits);
+    counter("forge_journal_bytes_total", "Bytes of the durable journal batches.", j.bytes);
+    counter("forge_journal_syncs_total", "Journal write+sync rounds (group commits).",
+            j.syncs);
+    gauge("forge_journal_pending_bytes", "Journal bytes accepted, not yet durable.",
+          j.pending_bytes);
+    gauge("forge_journal_disk_full", "1 while the journal waits for disk space.",
+          j.disk_full ? 1 : 0);
+    histogram("forge_journal_sync_seconds", "Latency of one journal write+sync round.",
+              j.sync_seconds);
+    histogram("forge_journal_commit_seconds",
+              "Commit -> durable, per batch (queueing included).", j.commit_seconds);
+    histogram("forge_journal_group_batches", "Batches per write+sync round.",
+              j.group_batches);
+    histogram("forge_journal_group_bytes", "Bytes per write+sync round.", j.group_bytes);
+  }
+
+  if (src.runner != nullptr) {
+    const exec::RunnerStats r = src.runner->stats();
     gauge("forge_runner_processes_running", "Command runner processes alive.",
           r.running);
     counter("forge_runner_processes_started_total",
@@ -79,6 +183,15 @@ std::vector<prometheus::MetricFamily> Collect(Engine& engine,
             "Process groups the command runner had to SIGKILL.", r.killed);
     counter("forge_runner_spawn_failures_total",
             "Runner attempts that could not start a process.", r.spawn_failures);
+  }
+  if (src.spans != nullptr) {
+    const otlp::ExporterStats t = src.spans->stats();
+    counter("forge_trace_spans_exported_total", "Spans accepted by the OTLP collector.",
+            t.exported);
+    counter("forge_trace_spans_dropped_total",
+            "Spans dropped: the export queue was full.", t.dropped);
+    counter("forge_trace_spans_failed_total",
+            "Spans the collector refused or could not be sent.", t.failed);
   }
   return out;
 }
@@ -107,14 +220,23 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
   }
   ForgeServer* raw = s.get();
   options.engine.on_journal_failure = [raw](const absl::Status& status) {
-    std::fprintf(stderr, "forged: journal failed, no more writes: %s\n",
-                 status.ToString().c_str());
+    FORGE_LOG(ERROR, "journal failed, no more writes").WithStatus(status);
     if (grpc::Server* server = raw->serving_.load()) {
       server->GetHealthCheckService()->SetServingStatus(false);
     }
   };
   s->engine_ = std::make_unique<Engine>(options.engine, clock, s->timers_.get(),
                                         s->bus_.get(), s->journal_.get());
+  if (!options.otlp_endpoint.empty()) {
+    otlp::ExporterOptions eo;
+    eo.endpoint = options.otlp_endpoint;
+    eo.service_name = "forged";
+    absl::StatusOr<std::unique_ptr<otlp::SpanExporter>> spans =
+        otlp::SpanExporter::Start(std::move(eo));
+    if (!spans.ok()) return spans.status();
+    s->spans_ = *std::move(spans);
+    s->engine_->SetSpanExporter(s->spans_.get());
+  }
   {
     absl::StatusOr<RecoveryStats> recovered = s->engine_->Recover();
     if (!recovered.ok()) return recovered.status();
@@ -132,6 +254,9 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
     };
     sink.output = [engine](const v1::TaskOutput& output) {
       return engine->OnOutput(output);
+    };
+    sink.started = [engine](const v1::Lease& lease) {
+      engine->OnStarted(lease).IgnoreError();  // fenced; best effort
     };
     absl::StatusOr<std::unique_ptr<exec::CommandRunner>> runner =
         exec::CommandRunner::Start(options.runner, s->timers_.get(), std::move(sink));
@@ -152,6 +277,14 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  s->rpc_metrics_ = std::make_unique<obs::RpcMetrics>(obs::MethodsOf(
+      {"forge.v1.Orchestrator", "forge.v1.WorkerService", "grpc.health.v1.Health"}));
+  {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(s->rpc_metrics_->Factory());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(),
                            &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
@@ -168,9 +301,11 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
     absl::StatusOr<std::unique_ptr<obs::MetricsServer>> metrics =
         obs::MetricsServer::Start(
             options.metrics_listen,
-            std::make_shared<obs::ScrapeCollector>([engine, runner = s->runner_.get()] {
-              return Collect(*engine, runner);
-            }));
+            std::make_shared<obs::ScrapeCollector>(
+                [src = Sources{engine, s->runner_.get(), s->journal_.get(),
+                               s->rpc_metrics_.get(), s->spans_.get()}] {
+                  return Collect(src);
+                }));
     if (!metrics.ok()) return metrics.status();
     s->metrics_ = *std::move(metrics);
   }

@@ -28,7 +28,11 @@ class WorkerServiceImpl;
 }  // namespace api
 namespace obs {
 class MetricsServer;
+class RpcMetrics;
 }  // namespace obs
+namespace otlp {
+class SpanExporter;
+}  // namespace otlp
 
 struct ServerOptions {
   // host:port; port 0 picks a free port (see ForgeServer::port()).
@@ -48,6 +52,8 @@ struct ServerOptions {
   exec::RunnerConfig runner;
   // Prometheus /metrics address; empty = no metrics endpoint.
   std::string metrics_listen;
+  // OTLP/HTTP collector (http://host:4318) for traces; empty = none.
+  std::string otlp_endpoint;
   // Largest gRPC message accepted or sent (a 1,000,000-task graph is ~40 MB).
   int max_message_bytes = 256 << 20;
 };
@@ -76,6 +82,8 @@ class ForgeServer {
   const RecoveryStats& recovery() const { return recovery_; }
   // The journal (null when ephemeral).
   persist::Journal* journal() { return journal_.get(); }
+  // The span exporter, or null when --otlp-endpoint is not set.
+  otlp::SpanExporter* spans() { return spans_.get(); }
   // The command runner, or null when no profile is configured.
   exec::CommandRunner* runner() { return runner_.get(); }
 
@@ -90,6 +98,9 @@ class ForgeServer {
   // destructor, after the server, the runner and the timers.
   std::unique_ptr<persist::Journal> journal_;
   RecoveryStats recovery_;
+  // Outlive the engine and the server (which use them).
+  std::unique_ptr<otlp::SpanExporter> spans_;
+  std::unique_ptr<obs::RpcMetrics> rpc_metrics_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<exec::CommandRunner> runner_;
   std::unique_ptr<api::OrchestratorService> orchestrator_;

@@ -14,6 +14,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "server/forge_server.h"
 #include "server/server_config.h"
 
@@ -28,6 +29,9 @@ ABSL_FLAG(absl::Duration, retention, absl::Hours(24),
           "How long finished graphs stay readable before they are deleted");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics address HOST:PORT (empty = none)");
+ABSL_FLAG(std::string, otlp_endpoint, "",
+          "OTLP/HTTP collector for traces, e.g. http://127.0.0.1:4318 (empty = "
+          "no tracing)");
 ABSL_FLAG(int, shards, 16, "Store shards (each one mutex)");
 ABSL_FLAG(int64_t, max_tasks, 1000000, "Most tasks in one graph");
 ABSL_FLAG(int64_t, max_input_bytes, 1 << 20, "Largest task input");
@@ -37,6 +41,11 @@ ABSL_FLAG(std::vector<std::string>, queue_concurrency, {},
           "Per-queue concurrency limits, QUEUE=N[,QUEUE=N...] (default: none)");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
           "On SIGTERM, how long in-flight calls get before they are cancelled");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log line format on stderr: text (key=value) or json (one object a line)");
+ABSL_FLAG(std::string, log_level, "info",
+          "Lowest level logged: debug, info, warn or error (debug adds lines per "
+          "task and per worker message)");
 
 namespace {
 
@@ -58,16 +67,47 @@ std::vector<char*> NormalizeFlags(int argc, char** argv,
   return out;
 }
 
+// Configures logging from --log-format and --log-level; false (after saying
+// why on stderr, naming the flag) if one is not valid.
+bool ConfigureLogging() {
+  forge::log::Options options;
+  absl::StatusOr<forge::log::Format> format =
+      forge::log::ParseFormat(absl::GetFlag(FLAGS_log_format));
+  if (!format.ok()) {
+    std::fprintf(stderr, "forged: --log-format: %s\n",
+                 std::string(format.status().message()).c_str());
+    return false;
+  }
+  absl::StatusOr<forge::log::Level> level =
+      forge::log::ParseLevel(absl::GetFlag(FLAGS_log_level));
+  if (!level.ok()) {
+    std::fprintf(stderr, "forged: --log-level: %s\n",
+                 std::string(level.status().message()).c_str());
+    return false;
+  }
+  options.format = *format;
+  options.level = *level;
+  forge::log::Configure(std::move(options));
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "forged: the Forge task-graph server.\n  forged [--listen HOST:PORT] "
-      "[--data-dir DIR | --ephemeral] [--retention 24h] [--metrics-listen HOST:PORT] [--queue-concurrency Q=N,...] [--config FILE]\n"
+      "[--data-dir DIR | --ephemeral] [--retention 24h] [--metrics-listen HOST:PORT] [--otlp-endpoint URL] [--queue-concurrency Q=N,...] [--config FILE]\n"
+      "  [--log-format text|json] [--log-level debug|info|warn|error]\n"
       "Flags may be spelled with dashes or underscores.");
   std::vector<std::string> storage;
   std::vector<char*> args = NormalizeFlags(argc, argv, storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (!ConfigureLogging()) return 2;
+
+  // A log write to a stderr nobody reads any more (a closed pipe) must fail
+  // with EPIPE, which the logger drops, not kill the server. Children get
+  // default dispositions back (server/exec/process.h).
+  std::signal(SIGPIPE, SIG_IGN);
 
   // Signals are taken by one thread with sigwait, never by a handler.
   sigset_t signals;
@@ -79,6 +119,7 @@ int main(int argc, char** argv) {
   forge::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.otlp_endpoint = absl::GetFlag(FLAGS_otlp_endpoint);
   options.engine.store.shards = absl::GetFlag(FLAGS_shards);
   options.engine.limits.max_tasks = absl::GetFlag(FLAGS_max_tasks);
   options.engine.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
@@ -86,7 +127,9 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_ephemeral)) options.data_dir = absl::GetFlag(FLAGS_data_dir);
   if (const std::string config = absl::GetFlag(FLAGS_config); !config.empty()) {
     if (absl::Status s = forge::LoadServerConfig(config, &options); !s.ok()) {
-      std::fprintf(stderr, "forged: %s\n", s.ToString().c_str());
+      FORGE_LOG(ERROR, absl::StrCat("--config ", config, ": ", s.message()))
+          .With("flag", "--config")
+          .WithStatus(s);
       return 2;
     }
   }
@@ -96,8 +139,9 @@ int main(int argc, char** argv) {
     int n = 0;
     if (eq == std::string::npos || eq == 0 ||
         !absl::SimpleAtoi(item.substr(eq + 1), &n) || n < 0) {
-      std::fprintf(stderr, "forged: --queue-concurrency: \"%s\" is not QUEUE=N\n",
-                   item.c_str());
+      FORGE_LOG(ERROR, absl::StrCat("--queue-concurrency: \"", item, "\" is not QUEUE=N"))
+          .With("flag", "--queue-concurrency")
+          .With("value", item);
       return 2;
     }
     limits.emplace_back(item.substr(0, eq), n);
@@ -105,7 +149,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<forge::ForgeServer>> server =
       forge::ForgeServer::Start(options);
   if (!server.ok()) {
-    std::fprintf(stderr, "forged: %s\n", server.status().ToString().c_str());
+    FORGE_LOG(ERROR, "cannot start").WithStatus(server.status());
     return 1;
   }
   for (const auto& [queue, n] : limits) {
@@ -115,34 +159,39 @@ int main(int argc, char** argv) {
     q.concurrency = n;
     (*server)->engine().scheduler().Configure(queue, q);
   }
-  if (options.data_dir.empty()) {
-    std::fprintf(stderr, "forged: listening on %s (store: memory)\n",
-                 (*server)->address().c_str());
-  } else {
-    const forge::RecoveryStats& r = (*server)->recovery();
-    std::fprintf(stderr,
-                 "forged: listening on %s (store: %s; recovered %lld graphs, "
-                 "%lld live, %lld tasks, %lld events, %lld attempts restarted, "
-                 "in %.3f s)\n",
-                 (*server)->address().c_str(), options.data_dir.c_str(),
-                 static_cast<long long>(r.graphs), static_cast<long long>(r.live_graphs),
-                 static_cast<long long>(r.tasks), static_cast<long long>(r.events),
-                 static_cast<long long>(r.restarted_attempts),
-                 absl::ToDoubleSeconds(r.took));
+  // Tests and scripts wait for "listening on HOST:PORT" in this, the first
+  // line at info (recovery logs nothing above debug before it).
+  {
+    const std::string& address = (*server)->address();
+    if (options.data_dir.empty()) {
+      FORGE_LOG(INFO, absl::StrCat("listening on ", address))
+          .With("address", address)
+          .With("store", "memory");
+    } else {
+      const forge::RecoveryStats& r = (*server)->recovery();
+      FORGE_LOG(INFO, absl::StrCat("listening on ", address))
+          .With("address", address)
+          .With("store", options.data_dir)
+          .With("recovered_graphs", r.graphs)
+          .With("live_graphs", r.live_graphs)
+          .With("recovered_tasks", r.tasks)
+          .With("recovered_events", r.events)
+          .With("restarted_attempts", r.restarted_attempts)
+          .With("recovery_seconds", absl::ToDoubleSeconds(r.took));
+    }
   }
   if ((*server)->metrics_port() != 0) {
-    std::fprintf(stderr, "forged: metrics on port %d at /metrics\n",
-                 (*server)->metrics_port());
+    FORGE_LOG(INFO, absl::StrCat("metrics on port ", (*server)->metrics_port(), " at /metrics"))
+        .With("port", (*server)->metrics_port());
   }
-  std::fflush(stderr);
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "forged: signal %d, shutting down\n", sig);
+  FORGE_LOG(INFO, "shutting down").With("signal", sig);
   (*server)->Shutdown(
       absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   (*server)->Wait();
   server->reset();
-  std::fprintf(stderr, "forged: stopped\n");
+  FORGE_LOG(INFO, "stopped");
   return 0;
 }

@@ -37,6 +37,8 @@ constexpr char kUsage[] =
     "INJECTED,\n"
     "                        retryable), else succeed like echo\n"
     "  --name    worker name shown by the server (default: forge-worker)\n"
+    "  --otlp-endpoint  OTLP/HTTP collector for this worker's spans, e.g.\n"
+    "            http://127.0.0.1:4318 (default: $FORGE_OTLP_ENDPOINT, else none)\n"
     "Flags take `--flag value` or `--flag=value`. Stops cleanly on SIGTERM or "
     "SIGINT.\n";
 
@@ -48,6 +50,7 @@ struct Flags {
   int slots = 1;
   Mode mode = Mode::kEcho;
   int64_t sleep_ms = 0;
+  std::string otlp_endpoint;
   double fail_rate = 0;
   std::string name = "forge-worker";
   bool help = false;
@@ -90,6 +93,9 @@ bool ParseFlags(int argc, char** argv, Flags* flags, std::string* error) {
   flags->server =
       env_server != nullptr && *env_server != '\0' ? env_server
                                                    : "127.0.0.1:7070";
+  if (const char* env_otlp = std::getenv("FORGE_OTLP_ENDPOINT")) {
+    flags->otlp_endpoint = env_otlp;
+  }
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "-h" || arg == "--help") {
@@ -139,6 +145,8 @@ bool ParseFlags(int argc, char** argv, Flags* flags, std::string* error) {
         return false;
       }
       flags->name = value;
+    } else if (name == "otlp-endpoint") {
+      flags->otlp_endpoint = value;
     } else {
       *error = absl::StrCat("unknown flag --", name);
       return false;
@@ -218,6 +226,7 @@ int main(int argc, char** argv) {
   options.name = flags.name;
   options.queues = flags.queues;
   options.slots = flags.slots;
+  options.otlp_endpoint = flags.otlp_endpoint;
   char host[256] = {};
   if (gethostname(host, sizeof(host) - 1) == 0) options.labels["host"] = host;
   options.on_welcome = [](const std::string& worker_id) {

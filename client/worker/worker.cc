@@ -24,11 +24,14 @@
 // (handler, on_welcome, on_disconnect) run with no lock held.
 
 #include "client/worker/worker.h"
+#include "common/otlp.h"
+#include "common/trace_context.h"
 #include "common/tsan.h"
 
 #include <algorithm>
 #include <deque>
 #include <exception>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -75,7 +78,13 @@ struct Task {
         generation(generation),
         key(LeaseKey(assignment.lease())),
         assignment(std::move(assignment)),
-        context(this) {}
+        parent(ParseTraceparent(this->assignment.traceparent())),
+        context(this) {
+    if (parent) {
+      span_id = NewSpanId();
+      traceparent = FormatTraceparent(TraceContext{parent->trace_id, span_id, parent->sampled});
+    }
+  }
 
   // Sets the cancelled flag (first reason wins).
   void Cancel(const std::string& reason) ABSL_LOCKS_EXCLUDED(mu) {
@@ -91,6 +100,10 @@ struct Task {
   const uint64_t generation;
   const std::string key;
   const v1::Assignment assignment;
+  // The attempt's span (from the assignment) and this handler's own span.
+  const std::optional<TraceContext> parent;
+  std::string span_id;
+  std::string traceparent;
 
   mutable absl::Mutex mu;
   bool cancelled ABSL_GUARDED_BY(mu) = false;
@@ -175,6 +188,10 @@ class WorkerCore {
   StreamOp NextOpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void Perform(const StreamOp& op);
 
+  // This worker's span of one attempt (handler threads).
+  void ExportSpan(const Task& task, const TaskOutcome& outcome, absl::Time start)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // Fills `msg` from the outbox; false when there is nothing to send.
   bool BuildMessageLocked(v1::WorkerMessage* msg)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -240,6 +257,9 @@ class WorkerCore {
   // Outbox, coalesced into the next write. Bounded: one result per live task,
   // the latest progress per live task, one heartbeat.
   std::vector<v1::TaskResult> pending_results_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::Lease> pending_started_ ABSL_GUARDED_BY(mu_);
+  // This worker's spans (options_.otlp_endpoint); set by Start().
+  std::unique_ptr<otlp::SpanExporter> spans_;
   absl::flat_hash_map<std::string, v1::TaskProgress> pending_progress_
       ABSL_GUARDED_BY(mu_);
   bool heartbeat_due_ ABSL_GUARDED_BY(mu_) = false;
@@ -301,6 +321,16 @@ absl::Status WorkerCore::Start() {
         "heartbeat_interval must be positive, reconnect_backoff not negative");
   }
 
+  if (!options_.otlp_endpoint.empty()) {
+    otlp::ExporterOptions eo;
+    eo.endpoint = options_.otlp_endpoint;
+    eo.service_name = absl::StrCat("forge-worker:", options_.name);
+    absl::StatusOr<std::unique_ptr<otlp::SpanExporter>> spans =
+        otlp::SpanExporter::Start(std::move(eo));
+    if (!spans.ok()) return spans.status();
+    spans_ = *std::move(spans);
+  }
+
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
   stub_ = v1::WorkerService::NewStub(grpc::CreateCustomChannel(
@@ -339,10 +369,13 @@ void WorkerCore::Stop() {
   if (control_thread_.joinable()) control_thread_.join();
   for (std::thread& thread : handler_threads_) thread.join();
   handler_threads_.clear();
+  // The handlers' last spans go out before Stop returns.
+  if (spans_ != nullptr) spans_->Flush();
 
   absl::MutexLock lock(&mu_);
   live_tasks_.clear();
   pending_results_.clear();
+  pending_started_.clear();
   pending_progress_.clear();
   if (!ended_) {
     ended_ = true;
@@ -477,10 +510,12 @@ void WorkerCore::Perform(const StreamOp& op) {
 
 bool WorkerCore::BuildMessageLocked(v1::WorkerMessage* msg) {
   if (pending_results_.empty() && pending_progress_.empty() &&
-      !heartbeat_due_) {
+      pending_started_.empty() && !heartbeat_due_) {
     return false;
   }
   msg->Clear();
+  for (v1::Lease& lease : pending_started_) *msg->add_started() = std::move(lease);
+  pending_started_.clear();
   size_t bytes = 0;
   size_t taken = 0;
   for (; taken < pending_results_.size(); ++taken) {
@@ -510,6 +545,7 @@ void WorkerCore::ForgetStreamLocked(const std::string& reason) {
   live_tasks_.clear();
   queue_.clear();
   pending_results_.clear();
+  pending_started_.clear();
   pending_progress_.clear();
   heartbeat_due_ = false;
   worker_id_.clear();
@@ -597,14 +633,22 @@ void WorkerCore::OnStreamDone(const grpc::Status& status) {
 void WorkerCore::HandlerLoop() {
   for (;;) {
     std::shared_ptr<Task> task;
+    StreamOp op;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(this, &WorkerCore::HandlerHasWorkLocked));
       if (stopping_) return;
       task = std::move(queue_.front());
       queue_.pop_front();
+      if (options_.report_started && task->generation == generation_ && !closing_) {
+        pending_started_.push_back(task->assignment.lease());
+        op = NextOpLocked();
+      }
     }
+    Perform(op);
+    const absl::Time start = absl::Now();
     TaskOutcome outcome = RunHandler(*task);
+    if (spans_ != nullptr && task->parent) ExportSpan(*task, outcome, start);
     Finish(task, std::move(outcome));
   }
 }
@@ -665,7 +709,17 @@ void WorkerCore::Finish(const std::shared_ptr<Task>& task,
       return;
     }
     live_tasks_.erase(it);
-    pending_progress_.erase(task->key);
+    // Progress still waiting for the wire is moot now, but a checkpoint is
+    // not: the next attempt needs it, and it goes out before the result
+    // (progress precedes results in a message, and the server reads them in
+    // that order).
+    if (auto p = pending_progress_.find(task->key); p != pending_progress_.end()) {
+      if (p->second.checkpoint().empty()) {
+        pending_progress_.erase(p);
+      } else {
+        p->second.clear_progress();
+      }
+    }
     pending_results_.push_back(std::move(result));
     op = NextOpLocked();
   }
@@ -717,6 +771,36 @@ void WorkerCore::ReportCheckpoint(Task* task, std::string checkpoint) {
 
 const forge::v1::Assignment& TaskContext::assignment() const {
   return task_->assignment;
+}
+
+const std::string& TaskContext::traceparent() const { return task_->traceparent; }
+
+void internal::WorkerCore::ExportSpan(const internal::Task& task, const TaskOutcome& outcome,
+                            absl::Time start) {
+  const v1::Assignment& a = task.assignment;
+  otlp::Span span;
+  span.trace_id = task.parent->trace_id;
+  span.span_id = task.span_id;
+  span.parent_span_id = task.parent->span_id;
+  span.name = "forge.worker.handle";
+  span.kind = otlp::SpanKind::kConsumer;
+  span.start = start;
+  span.end = absl::Now();
+  span.attributes.push_back({"forge.graph.id", a.lease().graph_id()});
+  span.attributes.push_back({"forge.task.name", a.task()});
+  span.attributes.push_back({"forge.task.attempt", static_cast<int64_t>(a.lease().attempt())});
+  span.attributes.push_back({"forge.queue", a.queue()});
+  span.attributes.push_back({"forge.worker.id", worker_id()});
+  if (outcome.success && !task.context.cancelled()) {
+    span.status = otlp::StatusCode::kOk;
+  } else {
+    span.status = otlp::StatusCode::kError;
+    span.status_message = outcome.error_message;
+    if (!outcome.error_code.empty()) {
+      span.attributes.push_back({"error.type", outcome.error_code});
+    }
+  }
+  spans_->Export(std::move(span));
 }
 
 bool TaskContext::cancelled() const {

@@ -82,6 +82,13 @@ struct WorkerOptions {
   // Optional. Called on the control thread when a stream ends other than by
   // Stop(), with its status, before any reconnect. Must not call Stop().
   std::function<void(const absl::Status& status)> on_disconnect;
+  // Tell the server when a handler begins an attempt (the "pickup" stage of
+  // its metrics). The report rides with the next write.
+  bool report_started = true;
+  // OTLP/HTTP collector (http://host:4318) for this worker's own spans: one
+  // per attempt ("forge.worker.handle"), a child of the attempt's span from
+  // the assignment's traceparent, so it joins the graph's trace. Empty: none.
+  std::string otlp_endpoint;
 };
 
 namespace internal {
@@ -96,6 +103,10 @@ class TaskContext {
   TaskContext& operator=(const TaskContext&) = delete;
 
   const forge::v1::Assignment& assignment() const;
+  // The W3C traceparent of this attempt's handler span (a child of the
+  // attempt's span), to pass on to whatever the handler calls. Empty when
+  // the assignment carried no trace context.
+  const std::string& traceparent() const;
 
   // True once the server cancelled the attempt, its stream was lost, or the
   // worker is stopping. Handlers should poll it (or use WaitCancelled) and

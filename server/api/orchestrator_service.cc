@@ -358,12 +358,20 @@ grpc::ServerUnaryReactor* OrchestratorService::SubmitGraph(
     grpc::CallbackServerContext* context, const v1::SubmitGraphRequest* request,
     v1::SubmitGraphResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  engine_.Submit(*request, [reactor, response](
-                               absl::StatusOr<v1::SubmitGraphResponse> r) {
-    if (r.ok()) *response = *std::move(r);
-    FORGE_TSAN_HANDOFF(reactor);
-    reactor->Finish(ToGrpc(r.status()));
-  });
+  // W3C trace context: the graph joins the caller's trace.
+  std::string traceparent;
+  const auto& md = context->client_metadata();
+  if (auto it = md.find("traceparent"); it != md.end()) {
+    traceparent.assign(it->second.data(), it->second.size());
+  }
+  engine_.Submit(
+      *request,
+      [reactor, response](absl::StatusOr<v1::SubmitGraphResponse> r) {
+        if (r.ok()) *response = *std::move(r);
+        FORGE_TSAN_HANDOFF(reactor);
+        reactor->Finish(ToGrpc(r.status()));
+      },
+      traceparent);
   return reactor;
 }
 

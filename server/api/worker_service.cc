@@ -3,11 +3,16 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/log.h"
 #include "common/tsan.h"
 #include "server/api/status.h"
 
@@ -102,6 +107,7 @@ class Reactor final
     if (!session_) {
       absl::Status s = Hello(in_);
       if (!s.ok()) {
+        FORGE_LOG(INFO, "worker hello refused").WithStatus(s);
         End(ToGrpc(s));
         return;
       }
@@ -155,6 +161,11 @@ class Reactor final
     }
     bool finish_now = false;
     std::vector<Engine::HeldLease> held = session_->Close(status, &finish_now);
+    FORGE_LOG(INFO, "worker disconnected")
+        .With("worker_id", session_->id())
+        .With("leases_lost", held.size())
+        .WithStatus(absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                                 status.error_message()));
     engine_.DetachExecutor(session_->id(), std::move(held));
     if (finish_now) {
       FORGE_TSAN_HANDOFF(this);
@@ -200,6 +211,11 @@ class Reactor final
     std::vector<std::string> queues(h.queues().begin(), h.queues().end());
     std::sort(queues.begin(), queues.end());
     queues.erase(std::unique(queues.begin(), queues.end()), queues.end());
+    FORGE_LOG(INFO, "worker connected")
+        .With("worker_id", session_->id())
+        .With("name", name)
+        .With("queues", absl::StrJoin(queues, ","))
+        .With("slots", h.slots());
     engine_.AttachExecutor(session_, std::move(queues), h.slots(), name);
     return absl::OkStatus();
   }
@@ -207,6 +223,25 @@ class Reactor final
   // Progress and heartbeats first: a worker's progress (and checkpoint) for
   // an attempt precedes its result even when one message carries both.
   void Handle(const v1::WorkerMessage& msg) {
+    // Pickups first. One that rides with its own result is recorded by the
+    // result's transition (one shard lock, not two).
+    using Key = std::tuple<std::string_view, int32_t, int32_t>;
+    auto key = [](const v1::Lease& l) {
+      return Key(l.graph_id(), l.task_index(), l.attempt());
+    };
+    absl::flat_hash_set<Key> started_with_result;
+    if (msg.started_size() > 0) {
+      absl::flat_hash_set<Key> results;
+      results.reserve(msg.results_size());
+      for (const v1::TaskResult& r : msg.results()) results.insert(key(r.lease()));
+      for (const v1::Lease& lease : msg.started()) {
+        if (results.contains(key(lease))) {
+          started_with_result.insert(key(lease));
+        } else {
+          engine_.OnStarted(lease).IgnoreError();  // best effort; fenced
+        }
+      }
+    }
     for (const v1::TaskProgress& p : msg.progress()) {
       engine_.OnProgress(p).IgnoreError();  // best effort; fenced by the store
     }
@@ -214,24 +249,46 @@ class Reactor final
       engine_.OnOutput(o).IgnoreError();  // best effort; fenced and capped
     }
     for (const v1::Lease& lease : msg.heartbeat().leases()) {
-      if (!engine_.OnHeartbeat(lease).ok()) {
+      if (absl::Status s = engine_.OnHeartbeat(lease); !s.ok()) {
         // The server no longer considers this attempt current (timed out,
         // cancelled, lease lost): tell the worker to stop working on it.
+        FORGE_LOG(DEBUG, "heartbeat for an attempt no longer current")
+            .With("graph_id", lease.graph_id())
+            .With("task", lease.task_index())
+            .With("attempt", lease.attempt())
+            .With("worker_id", session_->id())
+            .WithStatus(s);
         session_->Cancel(lease, "lease is no longer current");
       }
     }
     for (const v1::TaskResult& r : msg.results()) {
       std::optional<uint64_t> ticket = session_->Forget(r.lease());
       if (!ticket) {
+        FORGE_LOG(DEBUG, "stale result refused: lease not held by this session")
+            .With("graph_id", r.lease().graph_id())
+            .With("task", r.lease().task_index())
+            .With("attempt", r.lease().attempt())
+            .With("worker_id", session_->id());
         session_->Ack(r.lease(), absl::AbortedError(
                                      "lease not held by this worker session"));
         continue;
       }
       // Acknowledged once the result is durable (the journal's thread).
+      const bool started_too =
+          !started_with_result.empty() && started_with_result.contains(key(r.lease()));
       engine_.OnResult(session_->id(), *ticket, r,
                        [session = session_, lease = r.lease()](absl::Status s) {
+                         if (!s.ok()) {
+                           FORGE_LOG(DEBUG, "result refused")
+                               .With("graph_id", lease.graph_id())
+                               .With("task", lease.task_index())
+                               .With("attempt", lease.attempt())
+                               .With("worker_id", session->id())
+                               .WithStatus(s);
+                         }
                          session->Ack(lease, s);
-                       });
+                       },
+                       started_too);
     }
   }
 

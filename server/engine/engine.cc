@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <map>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "common/ids.h"
 #include "common/proto_time.h"
+#include "common/trace_context.h"
 #include "forge/journal/v1/records.pb.h"
 #include "server/store/records.h"
 
@@ -30,6 +32,9 @@ Engine::~Engine() = default;
 EngineCounters Engine::counters() const {
   EngineCounters c;
   c.graphs_submitted = graphs_submitted_.load();
+  c.graphs_succeeded = graphs_succeeded_.load();
+  c.graphs_failed = graphs_failed_.load();
+  c.graphs_cancelled = graphs_cancelled_.load();
   c.tasks_submitted = tasks_submitted_.load();
   c.tasks_dispatched = tasks_dispatched_.load();
   c.leases_lost = leases_lost_.load();
@@ -61,7 +66,38 @@ absl::Status Engine::Admit() const {
 }
 
 void Engine::Submit(const v1::SubmitGraphRequest& request,
-                    Done<v1::SubmitGraphResponse> done) {
+                    Done<v1::SubmitGraphResponse> done,
+                    const std::string& traceparent) {
+  std::optional<TraceContext> caller;
+  if (!traceparent.empty()) caller = ParseTraceparent(traceparent);
+  if (spans_ != nullptr) {
+    // The submit's own span (SERVER), in the caller's trace when it sent one.
+    done = [this, caller, start = clock_->Now(), done = std::move(done)](
+               absl::StatusOr<v1::SubmitGraphResponse> r) mutable {
+      otlp::Span span;
+      span.name = "forge.v1.Orchestrator/SubmitGraph";
+      span.kind = otlp::SpanKind::kServer;
+      span.start = start;
+      span.end = clock_->Now();
+      if (r.ok()) {
+        span.trace_id = caller ? caller->trace_id : GraphTraceId(r->graph_id());
+        span.attributes.push_back({"forge.graph.id", r->graph_id()});
+      } else {
+        span.trace_id = caller ? caller->trace_id : NewTraceId();
+        span.status = otlp::StatusCode::kError;
+        span.status_message = std::string(r.status().message());
+      }
+      span.span_id = NewSpanId();
+      if (caller) span.parent_span_id = caller->span_id;
+      span.attributes.push_back({"rpc.system", std::string("grpc")});
+      span.attributes.push_back({"rpc.service", std::string("forge.v1.Orchestrator")});
+      span.attributes.push_back({"rpc.method", std::string("SubmitGraph")});
+      span.attributes.push_back(
+          {"rpc.grpc.status_code", static_cast<int64_t>(r.status().code())});
+      spans_->Export(std::move(span));
+      done(std::move(r));
+    };
+  }
   if (draining()) {
     done(absl::UnavailableError("server is shutting down; retry elsewhere"));
     return;
@@ -105,7 +141,9 @@ void Engine::Submit(const v1::SubmitGraphRequest& request,
       .IgnoreError();
   absl::StatusOr<store::InsertResult> inserted =
       store_.Insert(id, request.request_id(), request.graph(),
-                    *std::move(compiled), now);
+                    *std::move(compiled), now,
+                    caller ? caller->trace_id : std::string(),
+                    caller ? caller->span_id : std::string());
   if (!inserted.ok() || !inserted->created) bus_.DropGraph(id);
   if (!inserted.ok()) {
     done(inserted.status());
@@ -407,7 +445,147 @@ void Engine::ScheduleExpiry(const std::string& graph_id, absl::Time finished_at)
   });
 }
 
+void Engine::Observe(const store::Effects& fx) {
+  // Per-queue metrics, looked up once per run of events of one queue.
+  const std::string* last_queue = nullptr;
+  obs::QueueTaskMetrics* qm = nullptr;
+  auto metrics_for = [&](const std::string& queue) -> obs::QueueTaskMetrics& {
+    if (last_queue == nullptr || *last_queue != queue) {
+      qm = &task_metrics_.For(queue);
+      last_queue = &queue;
+    }
+    return *qm;
+  };
+  for (const v1::Event& e : fx.events) {
+    switch (e.type()) {
+      case v1::TASK_SUCCEEDED:
+        metrics_for(e.queue()).succeeded.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case v1::TASK_FAILED:
+      case v1::TASK_RETRY_SCHEDULED: {
+        obs::QueueTaskMetrics& m = metrics_for(e.queue());
+        (e.type() == v1::TASK_FAILED ? m.failed : m.retries)
+            .fetch_add(1, std::memory_order_relaxed);
+        const std::string& code = e.error().code();
+        if (code == "TIMEOUT" || code == "SCHEDULE_TIMEOUT") {
+          m.timeouts.fetch_add(1, std::memory_order_relaxed);
+        }
+        break;
+      }
+      case v1::TASK_CANCELLED:
+        metrics_for(e.queue()).cancelled.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case v1::TASK_SKIPPED:
+        metrics_for(e.queue()).skipped.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case v1::GRAPH_SUCCEEDED:
+        graphs_succeeded_.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case v1::GRAPH_FAILED:
+        graphs_failed_.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case v1::GRAPH_CANCELLED:
+        graphs_cancelled_.fetch_add(1, std::memory_order_relaxed);
+        break;
+      default:
+        break;
+    }
+  }
+  for (const store::ReadyTask& r : fx.ready) {
+    if (r.first_ready) metrics_for(r.queue).dependency_wait.Observe(r.dependency_wait);
+  }
+  for (const store::FinishedAttempt& a : fx.finished_attempts) {
+    obs::QueueTaskMetrics& m = metrics_for(a.queue);
+    if (a.picked_up_with_result) m.pickup.Observe(a.finished_at - a.dispatched_at);
+    if (a.outcome == v1::CANCELLED) continue;  // stopped, not run to its end
+    const absl::Time began = a.picked_up_at == absl::InfinitePast()
+                                 ? a.dispatched_at
+                                 : a.picked_up_at;
+    m.run.Observe(a.finished_at - began);
+  }
+}
+
+void Engine::ExportSpans(const store::Effects& fx) {
+  if (fx.trace_id.empty()) return;
+  auto attr = [](otlp::Span& s, const char* key, otlp::AttributeValue v) {
+    s.attributes.push_back({key, std::move(v)});
+  };
+  const std::string graph_span = GraphSpanId(fx.graph_id);
+  for (const store::FinishedAttempt& a : fx.finished_attempts) {
+    otlp::Span attempt;
+    attempt.trace_id = fx.trace_id;
+    attempt.span_id = AttemptSpanId(fx.graph_id, a.index, a.attempt);
+    attempt.parent_span_id = graph_span;
+    attempt.name = "forge.task";
+    attempt.kind = otlp::SpanKind::kInternal;
+    attempt.start = a.ready_at;
+    attempt.end = a.finished_at;
+    attr(attempt, "forge.graph.id", fx.graph_id);
+    attr(attempt, "forge.task.name", a.task);
+    attr(attempt, "forge.task.attempt", static_cast<int64_t>(a.attempt));
+    attr(attempt, "forge.queue", a.queue);
+    attr(attempt, "forge.worker.id", a.worker_id);
+    attr(attempt, "forge.task.outcome",
+         std::string(a.retrying ? "retrying" : v1::TaskState_Name(a.outcome)));
+    if (a.outcome == v1::SUCCEEDED) {
+      attempt.status = otlp::StatusCode::kOk;
+    } else {
+      attempt.status = otlp::StatusCode::kError;
+      attempt.status_message = a.error_message;
+      if (!a.error_code.empty()) attr(attempt, "error.type", a.error_code);
+    }
+    otlp::Span wait;
+    wait.trace_id = fx.trace_id;
+    wait.span_id = DeriveSpanId(absl::StrCat("queue_wait/", attempt.span_id));
+    wait.parent_span_id = attempt.span_id;
+    wait.name = "forge.task.queue_wait";
+    wait.start = a.ready_at;
+    wait.end = a.dispatched_at;
+    attr(wait, "forge.graph.id", fx.graph_id);
+    attr(wait, "forge.queue", a.queue);
+    otlp::Span run;
+    run.trace_id = fx.trace_id;
+    run.span_id = DeriveSpanId(absl::StrCat("run/", attempt.span_id));
+    run.parent_span_id = attempt.span_id;
+    run.name = "forge.task.run";
+    run.start = a.dispatched_at;
+    run.end = a.finished_at;
+    attr(run, "forge.graph.id", fx.graph_id);
+    attr(run, "forge.worker.id", a.worker_id);
+    if (a.picked_up_at != absl::InfinitePast()) {
+      attr(run, "forge.task.pickup_seconds",
+           absl::ToDoubleSeconds(a.picked_up_at - a.dispatched_at));
+    }
+    run.status = attempt.status;
+    spans_->Export(std::move(wait));
+    spans_->Export(std::move(run));
+    spans_->Export(std::move(attempt));
+  }
+  if (fx.terminal_graph.has_value() && !fx.events.empty()) {
+    const v1::Graph& g = *fx.terminal_graph;
+    otlp::Span span;
+    span.trace_id = fx.trace_id;
+    span.span_id = graph_span;
+    span.parent_span_id = fx.trace_parent_span_id;
+    span.name = "forge.graph";
+    span.kind = otlp::SpanKind::kInternal;
+    span.start = FromProto(g.created_at());
+    span.end = FromProto(g.finished_at());
+    attr(span, "forge.graph.id", fx.graph_id);
+    attr(span, "forge.graph.name", g.name());
+    attr(span, "forge.graph.state", v1::GraphState_Name(g.state()));
+    attr(span, "forge.graph.tasks", static_cast<int64_t>(g.counts().pending() +
+        g.counts().ready() + g.counts().running() + g.counts().succeeded() +
+        g.counts().failed() + g.counts().cancelled() + g.counts().skipped()));
+    span.status = g.state() == v1::GRAPH_STATE_SUCCEEDED ? otlp::StatusCode::kOk
+                                                          : otlp::StatusCode::kError;
+    spans_->Export(std::move(span));
+  }
+}
+
 void Engine::ApplyNow(store::Effects fx) {
+  Observe(fx);
+  if (spans_ != nullptr) ExportSpans(fx);
   if (fx.terminal_graph.has_value() && !fx.events.empty()) {
     // The transition that finished the graph (not a waiter's read of it).
     ScheduleExpiry(fx.graph_id, FromProto(fx.terminal_graph->finished_at()));
@@ -460,6 +638,7 @@ void Engine::Pump(const std::string& queue) {
     std::vector<std::shared_ptr<persist::Durability>> durables;
   };
   std::map<std::string, Batch> batches;
+  obs::QueueTaskMetrics* queue_metrics = nullptr;
   while (std::optional<sched::Match> m = scheduler_.Take(queue)) {
     const std::string& executor_id = m->executor->id();
     absl::StatusOr<store::StartResult> started = store_.StartAttempt(
@@ -471,6 +650,8 @@ void Engine::Pump(const std::string& queue) {
       continue;
     }
     tasks_dispatched_.fetch_add(1, std::memory_order_relaxed);
+    if (queue_metrics == nullptr) queue_metrics = &task_metrics_.For(started->queue);
+    queue_metrics->queue_wait.Observe(started->queue_wait);
     Batch& batch = batches[executor_id];
     if (!batch.executor) batch.executor = m->executor;
     batch.dispatches.push_back(
@@ -589,15 +770,23 @@ void Engine::DetachExecutor(const std::string& executor_id,
   for (const std::string& q : queues) Pump(q);
 }
 
+absl::Status Engine::OnStarted(const v1::Lease& lease) {
+  absl::StatusOr<store::PickupResult> p = store_.PickedUp(lease, clock_->Now());
+  if (!p.ok()) return p.status();
+  task_metrics_.For(p->queue).pickup.Observe(p->pickup);
+  return absl::OkStatus();
+}
+
 void Engine::OnResult(const std::string& executor_id, uint64_t ticket,
-                      const v1::TaskResult& result, Ack ack) {
+                      const v1::TaskResult& result, Ack ack, bool started_too) {
   if (!result.success() && journal_ != nullptr && abandoning_.load()) {
     // Cut short by the shutdown: left RUNNING for the next start.
     scheduler_.Release(ticket);
     if (ack) ack(absl::UnavailableError("the server is shutting down"));
     return;
   }
-  absl::StatusOr<store::Effects> fx = store_.Complete(result, clock_->Now());
+  absl::StatusOr<store::Effects> fx =
+      store_.Complete(result, clock_->Now(), started_too);
   const std::string queue = scheduler_.Release(ticket);
   if (fx.ok()) {
     Apply(*std::move(fx), std::move(ack));  // acknowledged once durable

@@ -32,7 +32,9 @@
 #include "forge/v1/types.pb.h"
 #include "forge/v1/worker.pb.h"
 #include "server/events/event_bus.h"
+#include "common/otlp.h"
 #include "server/graph/compiled_graph.h"
+#include "server/obs/task_metrics.h"
 #include "server/persist/journal.h"
 #include "server/sched/scheduler.h"
 #include "server/sched/timer_service.h"
@@ -70,6 +72,9 @@ struct RecoveryStats {
 // Counters read by metrics and tests.
 struct EngineCounters {
   int64_t graphs_submitted = 0;
+  int64_t graphs_succeeded = 0;
+  int64_t graphs_failed = 0;
+  int64_t graphs_cancelled = 0;
   int64_t tasks_submitted = 0;
   int64_t tasks_dispatched = 0;
   int64_t leases_lost = 0;
@@ -101,8 +106,11 @@ class Engine {
   // Validates and inserts a graph; `done` gets the reply once it is durable
   // and its roots are queued. INVALID_ARGUMENT (field and reason) on a bad
   // spec; nothing is created then.
+  // `traceparent`: the caller's W3C trace context (gRPC metadata); the
+  // graph joins that trace (else it starts one). Ignored if malformed.
   void Submit(const forge::v1::SubmitGraphRequest& request,
-              Done<forge::v1::SubmitGraphResponse> done);
+              Done<forge::v1::SubmitGraphResponse> done,
+              const std::string& traceparent = "");
   void CancelGraph(const forge::v1::CancelGraphRequest& request,
                    Done<forge::v1::CancelGraphResponse> done);
   void CancelTask(const forge::v1::CancelTaskRequest& request,
@@ -151,8 +159,13 @@ class Engine {
   // attempt or lease (nothing changed), NOT_FOUND; UNAVAILABLE if the
   // journal failed.
   using Ack = absl::AnyInvocable<void(absl::Status)>;
+  // `started_too`: the executor also reported, with this result, that the
+  // attempt began (it finished before a separate report went out).
   void OnResult(const std::string& executor_id, uint64_t ticket,
-                const forge::v1::TaskResult& result, Ack ack);
+                const forge::v1::TaskResult& result, Ack ack,
+                bool started_too = false);
+  // The executor began running an attempt (pickup). Fenced; best effort.
+  absl::Status OnStarted(const forge::v1::Lease& lease);
   absl::Status OnProgress(const forge::v1::TaskProgress& progress);
   // A chunk of live output of a running attempt -> TASK_OUTPUT (fenced).
   absl::Status OnOutput(const forge::v1::TaskOutput& output);
@@ -172,7 +185,12 @@ class Engine {
   // without counting them against their retry policy.
   void Abandon() { abandoning_.store(true, std::memory_order_release); }
 
+  // Traces: spans of graphs, attempts (queue wait, run) and submits go to
+  // `exporter` (null: none). Set before serving; it must outlive the engine.
+  void SetSpanExporter(otlp::SpanExporter* exporter) { spans_ = exporter; }
+
   // --- Introspection ---------------------------------------------------------
+  const obs::TaskMetrics& task_metrics() const { return task_metrics_; }
   sched::Scheduler& scheduler() { return scheduler_; }
   store::Store& store() { return store_; }
   events::EventBus& bus() { return bus_; }
@@ -184,6 +202,9 @@ class Engine {
   // journal's status after they were applied (or dropped, on a failure).
   void Apply(store::Effects effects, Ack then = nullptr);
   void ApplyNow(store::Effects effects);
+  // Metrics and spans of what a transition made visible.
+  void Observe(const store::Effects& effects);
+  void ExportSpans(const store::Effects& effects);
   // A commit failed: nothing of that transition became visible.
   void NotDurable(const absl::Status& status);
   // New client writes (submit, cancel): UNAVAILABLE once the journal failed,
@@ -225,6 +246,11 @@ class Engine {
   std::atomic<int64_t> tasks_dispatched_{0};
   std::atomic<int64_t> leases_lost_{0};
   std::atomic<int64_t> stale_results_{0};
+  std::atomic<int64_t> graphs_succeeded_{0};
+  std::atomic<int64_t> graphs_failed_{0};
+  std::atomic<int64_t> graphs_cancelled_{0};
+  obs::TaskMetrics task_metrics_;
+  otlp::SpanExporter* spans_ = nullptr;  // set before serving
 };
 
 }  // namespace forge

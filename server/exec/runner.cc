@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/log.h"
 #include "server/exec/process.h"
 
 extern char** environ;
@@ -273,6 +274,13 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
               const std::string& code, const std::string& message,
               bool non_retryable, int32_t exit_code = 0) {
     spawn_failures_.fetch_add(1, std::memory_order_relaxed);
+    FORGE_LOG(DEBUG, "attempt refused before spawn")
+        .With("graph_id", d.assignment.lease().graph_id())
+        .With("task", d.assignment.lease().task_index())
+        .With("attempt", d.assignment.lease().attempt())
+        .With("executor", executor_id)
+        .With("code", code)
+        .With("error", message);
     v1::TaskResult r;
     *r.mutable_lease() = d.assignment.lease();
     r.set_success(false);
@@ -374,8 +382,16 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     run->out.fd = child->stdout_fd;
     run->err.fd = child->stderr_fd;
     run->dispatch = std::move(d);
+    FORGE_LOG(DEBUG, "process spawned")
+        .With("graph_id", run->lease().graph_id())
+        .With("task", run->lease().task_index())
+        .With("task_name", run->dispatch.assignment.task())
+        .With("attempt", run->lease().attempt())
+        .With("profile", p.name)
+        .With("pid", run->pid);
     started_.fetch_add(1, std::memory_order_relaxed);
     running_.fetch_add(1, std::memory_order_relaxed);
+    if (sink_.started) sink_.started(run->dispatch.assignment.lease());
     Watch(*run, run->out.fd, kStdout, EPOLLIN);
     Watch(*run, run->err.fd, kStderr, EPOLLIN);
     if (run->stdin_fd >= 0) Watch(*run, run->stdin_fd, kStdin, EPOLLOUT);
@@ -383,9 +399,15 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
       Watch(*run, run->pidfd, kExit, EPOLLIN);
     } else {
       // pidfd_open failed (fd limit): the process cannot be supervised.
-      SignalGroup(run->pid, SIGKILL);
       run->stop_code = "SPAWN_FAILED";
       run->stop_reason = absl::StrCat("pidfd_open: ", std::strerror(errno));
+      FORGE_LOG(WARN, "cannot supervise a process: SIGKILL to its group")
+          .With("graph_id", run->lease().graph_id())
+          .With("task", run->lease().task_index())
+          .With("attempt", run->lease().attempt())
+          .With("pid", run->pid)
+          .With("error", run->stop_reason);
+      SignalGroup(run->pid, SIGKILL);
       Reap(*run, /*block=*/true);
       Finish(*run);
       return;
@@ -562,6 +584,15 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
       r.mutable_error()->set_message(absl::StrCat(
           "killed by signal ", sig, " (", ::strsignal(sig), ")", tail()));
     }
+    // exit_code=N, or signal=N for a process a signal ended.
+    FORGE_LOG(DEBUG, "process exited")
+        .With("graph_id", run.lease().graph_id())
+        .With("task", run.lease().task_index())
+        .With("attempt", run.lease().attempt())
+        .With("pid", run.pid)
+        .With(WIFSIGNALED(st) ? "signal" : "exit_code",
+              WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st))
+        .With("stopped", run.stop_code.empty() ? std::string("no") : run.stop_code);
     const std::string executor_id = run.executor_id;
     const uint64_t ticket = run.dispatch.ticket;
     const uint64_t id = run.id;
@@ -606,8 +637,16 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
   void Kill(uint64_t id) {
     auto it = runs_.find(id);
     if (it == runs_.end() || it->second->exited) return;
-    if (SignalGroup(it->second->pid, SIGKILL)) {
+    const Run& run = *it->second;
+    if (SignalGroup(run.pid, SIGKILL)) {
       killed_.fetch_add(1, std::memory_order_relaxed);
+      FORGE_LOG(WARN, "process group still running after SIGTERM: SIGKILL")
+          .With("graph_id", run.lease().graph_id())
+          .With("task", run.lease().task_index())
+          .With("attempt", run.lease().attempt())
+          .With("pid", run.pid)
+          .With("reason", run.stop_code)
+          .With("error", run.stop_reason);
     }
   }
 

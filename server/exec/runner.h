@@ -50,6 +50,8 @@ struct RunnerSink {
       result;
   // A chunk of live output.
   std::function<absl::Status(const forge::v1::TaskOutput& output)> output;
+  // The attempt's process was spawned (the pickup stage ends). Optional.
+  std::function<void(const forge::v1::Lease& lease)> started;
 };
 
 struct RunnerStats {

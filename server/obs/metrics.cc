@@ -1,6 +1,7 @@
 #include "server/obs/metrics.h"
 
 #include <exception>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "prometheus/exposer.h"
@@ -22,6 +23,22 @@ FamilyBuilder& FamilyBuilder::Add(double value, Labels labels) {
   } else {
     m.gauge.value = value;
   }
+  return *this;
+}
+
+FamilyBuilder& FamilyBuilder::AddHistogram(const HistogramSnapshot& h,
+                                           Labels labels) {
+  prometheus::ClientMetric& m = family_.metric.emplace_back();
+  for (auto& [k, v] : labels) m.label.push_back({std::move(k), std::move(v)});
+  m.histogram.sample_count = h.count;
+  m.histogram.sample_sum = h.sum;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < h.bounds.size(); ++i) {
+    cumulative += h.counts[i];
+    m.histogram.bucket.push_back({cumulative, h.bounds[i]});
+  }
+  m.histogram.bucket.push_back(
+      {h.count, std::numeric_limits<double>::infinity()});
   return *this;
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/histogram.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 
@@ -28,6 +29,8 @@ class FamilyBuilder {
  public:
   FamilyBuilder(std::string name, std::string help, prometheus::MetricType type);
   FamilyBuilder& Add(double value, Labels labels = {});
+  // For a family of type Histogram: one series (cumulative buckets, +Inf).
+  FamilyBuilder& AddHistogram(const HistogramSnapshot& h, Labels labels = {});
   prometheus::MetricFamily take() { return std::move(family_); }
 
  private:

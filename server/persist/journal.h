@@ -38,6 +38,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/histogram.h"
 
 namespace forge::persist {
 
@@ -101,12 +102,6 @@ using CommitDone = absl::AnyInvocable<void(absl::Status)>;
 
 // Counters for metrics. Cumulative since the journal was opened.
 struct JournalStats {
-  // Upper bounds (inclusive, microseconds) of the write+sync latency
-  // buckets; the last bucket of sync_latency_buckets counts the rest.
-  static constexpr std::array<int64_t, 12> kSyncLatencyBoundsMicros = {
-      100,   250,   500,   1000,   2500,   5000,
-      10000, 25000, 50000, 100000, 250000, 1000000};
-
   uint64_t commits = 0;          // batches whose done(OK) ran
   uint64_t failed_commits = 0;   // batches whose done got an error (any)
   uint64_t refused_commits = 0;  // of those, refused at once (backpressure,
@@ -119,9 +114,13 @@ struct JournalStats {
   uint64_t syncs = 0;
   uint64_t max_batches_per_sync = 0;
   uint64_t sync_micros_total = 0;  // sum of write+sync latencies
-  // Non-cumulative counts per latency bucket (see kSyncLatencyBoundsMicros).
-  std::array<uint64_t, kSyncLatencyBoundsMicros.size() + 1>
-      sync_latency_buckets{};
+  // Seconds per write+sync round; batches and bytes per round (the group
+  // commit's size); seconds from Commit() to done (queueing included).
+  // Empty (no bounds) for journals that do not measure them.
+  HistogramSnapshot sync_seconds;
+  HistogramSnapshot group_batches;
+  HistogramSnapshot group_bytes;
+  HistogramSnapshot commit_seconds;
   // Current state.
   uint64_t pending_batches = 0;  // accepted, done not yet returned
   uint64_t pending_bytes = 0;

@@ -565,12 +565,6 @@ absl::StatusOr<std::unique_ptr<rocksdb::DB>> OpenDb(
   return db;
 }
 
-size_t LatencyBucket(int64_t micros) {
-  const auto& bounds = JournalStats::kSyncLatencyBoundsMicros;
-  return std::lower_bound(bounds.begin(), bounds.end(), micros) -
-         bounds.begin();
-}
-
 // ---------------------------------------------------------------------------
 // The journal.
 
@@ -610,6 +604,7 @@ class RocksJournal final : public Journal {
     uint64_t seq = 0;
     Batch batch;
     CommitDone done;
+    absl::Time enqueued;
   };
 
   // The writer thread's loop: take a group, write it, run its dones.
@@ -649,6 +644,12 @@ class RocksJournal final : public Journal {
   absl::Status sticky_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   JournalStats stats_ ABSL_GUARDED_BY(mu_);
+  // Observed by the writer thread, read by stats() (atomics: no lock).
+  Histogram sync_seconds_{StorageLatencyBuckets()};
+  Histogram group_batches_{CountBuckets()};
+  Histogram group_bytes_{{1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10,
+                          1 << 20, 4 << 20, 16 << 20, 64 << 20}};
+  Histogram commit_seconds_{StorageLatencyBuckets()};
   absl::CondVar work_cv_;  // signalled (mu_ held): queue_ grew, or stopping_
   absl::CondVar done_cv_;  // signalled (mu_ held): done_seq_ advanced
 
@@ -695,7 +696,8 @@ void RocksJournal::Commit(Batch batch, CommitDone done) {
     } else {
       pending_bytes_ += bytes;
       ++pending_batches_;
-      queue_.push_back(Pending{++last_seq_, std::move(batch), std::move(done)});
+      queue_.push_back(
+          Pending{++last_seq_, std::move(batch), std::move(done), absl::Now()});
       work_cv_.Signal();
       return;
     }
@@ -754,7 +756,9 @@ void RocksJournal::WriterLoop() {
     for (const Pending& p : group) mutations += p.batch.size();
     const uint64_t last_seq = group.back().seq;
     const size_t batches = group.size();
+    const absl::Time now = absl::Now();
     for (Pending& p : group) {
+      commit_seconds_.Observe(now - p.enqueued);
       p.done(status);
       p.done = nullptr;  // captures destroyed with no lock held
     }
@@ -776,7 +780,9 @@ void RocksJournal::WriterLoop() {
       stats_.max_batches_per_sync =
           std::max<uint64_t>(stats_.max_batches_per_sync, batches);
       stats_.sync_micros_total += write_micros;
-      ++stats_.sync_latency_buckets[LatencyBucket(write_micros)];
+      sync_seconds_.Observe(static_cast<double>(write_micros) / 1e6);
+      group_batches_.Observe(static_cast<double>(batches));
+      group_bytes_.Observe(static_cast<double>(group_bytes));
     }
     stats_.disk_full = no_space_;
     done_cv_.SignalAll();
@@ -929,6 +935,10 @@ absl::Status RocksJournal::health() const {
 JournalStats RocksJournal::stats() const {
   absl::MutexLock lock(&mu_);
   JournalStats stats = stats_;
+  stats.sync_seconds = sync_seconds_.Snapshot();
+  stats.group_batches = group_batches_.Snapshot();
+  stats.group_bytes = group_bytes_.Snapshot();
+  stats.commit_seconds = commit_seconds_.Snapshot();
   stats.pending_batches = pending_batches_;
   stats.pending_bytes = pending_bytes_;
   return stats;

@@ -12,6 +12,7 @@
 #include "common/ids.h"
 #include "common/status.h"
 #include "common/proto_time.h"
+#include "common/trace_context.h"
 #include "server/store/records.h"
 
 namespace forge::store {
@@ -49,6 +50,8 @@ struct Store::TaskRuntime {
   std::string checkpoint;
   absl::Time ready_at = absl::InfinitePast();
   absl::Time started_at = absl::InfinitePast();
+  // The executor reported the current attempt began (InfinitePast: not yet).
+  absl::Time picked_up_at = absl::InfinitePast();
   absl::Time finished_at = absl::InfinitePast();
   std::vector<v1::Attempt> attempts;
 };
@@ -72,6 +75,9 @@ struct Store::GraphRecord {
   absl::Time created_at;
   absl::Time finished_at = absl::InfinitePast();
   std::vector<TerminalWaiter> waiters;
+  // W3C trace context (hex): the graph's trace and the submitter's span.
+  std::string trace_id;
+  std::string parent_span_id;
 };
 
 namespace {
@@ -190,6 +196,10 @@ class Store::Transition {
   // the store's.
   void Seal() {
     sealed_ = true;
+    if (!fx_.finished_attempts.empty() || fx_.terminal_graph.has_value()) {
+      fx_.trace_id = g_.trace_id;
+      fx_.trace_parent_span_id = g_.parent_span_id;
+    }
     if (store_.journal_ == nullptr) return;
     persist::Batch& b = fx_.batch;
     b.Reserve(b.size() + fx_.events.size() + dirty_.size() + 1);
@@ -287,6 +297,10 @@ class Store::Transition {
     r.ordering_key = spec.ordering_key();
     r.ready_seq = store_.next_ready_seq_.fetch_add(1, std::memory_order_relaxed);
     t.ready_seq = r.ready_seq;
+    if (t.attempt == 0) {
+      r.first_ready = true;
+      r.dependency_wait = now_ - g_.created_at;
+    }
     if (spec.timeouts().has_schedule_to_start()) {
       AttemptTimer& timer = fx_.attempt_timers.emplace_back();
       timer.kind = AttemptTimer::kScheduleToStart;
@@ -349,6 +363,7 @@ class Store::Transition {
         a.set_state(v1::CANCELLED);
         ToProto(now_, a.mutable_finished_at());
       }
+      NoteFinished(i, v1::CANCELLED, false, message);
     }
     SetState(i, s);
     t.backing_off = false;
@@ -427,10 +442,42 @@ class Store::Transition {
 
   // Records the outcome of task i's running attempt (already fenced):
   // success, a retry after backoff, or failure.
-  void FinishAttempt(int32_t i, const v1::TaskResult& result) {
+  // Notes the end of task i's current attempt for metrics and traces.
+  void NoteFinished(int32_t i, v1::TaskState outcome, bool retrying,
+                    const std::string& cancel_reason) {
+    const TaskRuntime& t = g_.tasks[i];
+    FinishedAttempt& f = fx_.finished_attempts.emplace_back();
+    const v1::TaskSpec& spec = g_.spec.tasks(i);
+    f.queue = QueueOf(spec);
+    f.task = spec.name();
+    f.index = i;
+    f.attempt = t.attempt;
+    f.worker_id = t.worker_id;
+    f.ready_at = t.ready_at;
+    f.dispatched_at = t.started_at;
+    f.picked_up_at = t.picked_up_at;
+    f.finished_at = now_;
+    f.outcome = outcome;
+    f.retrying = retrying;
+    if (outcome == v1::CANCELLED) {
+      f.error_message = cancel_reason;
+    } else if (outcome != v1::SUCCEEDED && t.error) {
+      f.error_code = t.error->code();
+      f.error_message = t.error->message();
+    }
+  }
+
+  void FinishAttempt(int32_t i, const v1::TaskResult& result,
+                     bool picked_up_now = false) {
     TaskRuntime& t = g_.tasks[i];
     v1::Attempt& a = t.attempts.back();
     ToProto(now_, a.mutable_finished_at());
+    if (picked_up_now && t.picked_up_at == absl::InfinitePast()) {
+      t.picked_up_at = now_;
+      ToProto(now_, a.mutable_picked_up_at());
+    } else {
+      picked_up_now = false;
+    }
     a.set_exit_code(result.exit_code());
     t.exit_code = result.exit_code();
     const v1::TaskSpec& spec = g_.spec.tasks(i);
@@ -447,6 +494,8 @@ class Store::Transition {
       a.set_state(v1::SUCCEEDED);
       t.output = result.output();
       t.error.reset();
+      NoteFinished(i, v1::SUCCEEDED, false, "");
+      fx_.finished_attempts.back().picked_up_with_result = picked_up_now;
       Terminate(i, v1::SUCCEEDED, "");
       Drain();
       return;
@@ -456,8 +505,11 @@ class Store::Transition {
     }
     a.set_state(v1::FAILED);
     *a.mutable_error() = *t.error;
-    if (graph::ShouldRetry(spec, store_.options_.defaults, t.attempt - t.restarts,
-                           *t.error)) {
+    const bool retry = graph::ShouldRetry(spec, store_.options_.defaults,
+                                          t.attempt - t.restarts, *t.error);
+    NoteFinished(i, v1::FAILED, retry, "");
+    fx_.finished_attempts.back().picked_up_with_result = picked_up_now;
+    if (retry) {
       const absl::Duration delay =
           graph::Backoff(spec, store_.options_.defaults, t.attempt,
                          absl::Uniform<double>(rng_, 0.0, 1.0));
@@ -543,8 +595,14 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
                                            const std::string& request_id,
                                            v1::GraphSpec spec,
                                            graph::CompiledGraph compiled,
-                                           absl::Time now) {
+                                           absl::Time now,
+                                           std::string trace_id,
+                                           std::string parent_span_id) {
   InsertResult result;
+  if (trace_id.empty()) {
+    trace_id = GraphTraceId(graph_id);
+    parent_span_id.clear();
+  }
   const uint64_t fingerprint = request_id.empty() ? 0 : Fingerprint(spec);
   auto insert = [&]() {
     auto g = std::make_unique<GraphRecord>();
@@ -553,6 +611,8 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     g->spec = std::move(spec);
     g->compiled = std::move(compiled);
     g->created_at = now;
+    g->trace_id = std::move(trace_id);
+    g->parent_span_id = std::move(parent_span_id);
     const int32_t n = g->spec.tasks_size();
     g->tasks.resize(n);
     g->by_name.reserve(n);
@@ -578,6 +638,8 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
       r.set_id(rec.id);
       r.set_request_id(rec.request_id);
       ToProto(now, r.mutable_created_at());
+      r.set_trace_id(rec.trace_id);
+      r.set_parent_span_id(rec.parent_span_id);
       std::string bytes = r.SerializeAsString();
       AppendLengthDelimited(&bytes, forge::journal::v1::GraphSpecRecord::kSpecFieldNumber,
                             rec.spec.SerializeAsString());
@@ -707,6 +769,8 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
   g->spec = std::move(*rec.spec.mutable_spec());
   g->compiled = std::move(compiled);
   g->created_at = GetTime(rec.spec.created_at());
+  g->trace_id = rec.spec.trace_id().empty() ? GraphTraceId(g->id) : rec.spec.trace_id();
+  g->parent_span_id = rec.spec.parent_span_id();
   const int32_t n = g->spec.tasks_size();
   g->tasks.resize(n);
   g->by_name.reserve(n);
@@ -835,7 +899,10 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   ++t.attempt;
   t.epoch = next_epoch_.fetch_add(1, std::memory_order_relaxed);
   t.worker_id = worker_id;
+  result.queue = QueueOf(g.spec.tasks(index));
+  result.queue_wait = now - t.ready_at;
   t.started_at = now;
+  t.picked_up_at = absl::InfinitePast();
   t.last_heartbeat = now;
   t.output_published = 0;
   t.progress.reset();
@@ -863,6 +930,8 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
                                 : options_.defaults.run_timeout;
   as.set_run_timeout_ms(absl::ToInt64Milliseconds(run_timeout));
   as.set_checkpoint(t.checkpoint);
+  as.set_traceparent(FormatTraceparent(
+      TraceContext{g.trace_id, AttemptSpanId(g.id, index, t.attempt), true}));
   int64_t budget = options_.max_total_upstream_bytes;
   for (int32_t d : g.compiled.deps[index]) {
     const TaskRuntime& td = g.tasks[d];
@@ -894,11 +963,27 @@ absl::StatusOr<Effects> Store::OnRunning(const v1::Lease& lease, absl::Time now,
 }
 
 absl::StatusOr<Effects> Store::Complete(const v1::TaskResult& result,
-                                        absl::Time now) {
+                                        absl::Time now, bool picked_up_now) {
   return OnRunning(result.lease(), now, [&](TaskRuntime&, Transition& tx) {
-    tx.FinishAttempt(result.lease().task_index(), result);
+    tx.FinishAttempt(result.lease().task_index(), result, picked_up_now);
     return absl::OkStatus();
   });
+}
+
+absl::StatusOr<PickupResult> Store::PickedUp(const v1::Lease& lease,
+                                             absl::Time now) {
+  Shard& shard = ShardFor(lease.graph_id());
+  absl::MutexLock lock(&shard.mu);
+  ASSIGN_OR_RETURN(GraphRecord* const g, FindLocked(shard, lease.graph_id()));
+  ASSIGN_OR_RETURN(TaskRuntime* const t, FenceLocked(*g, lease));
+  if (t->picked_up_at != absl::InfinitePast()) {
+    return absl::FailedPreconditionError("attempt already reported as started");
+  }
+  t->picked_up_at = now;
+  t->last_heartbeat = now;
+  if (!t->attempts.empty()) ToProto(now, t->attempts.back().mutable_picked_up_at());
+  return PickupResult{QueueOf(g->spec.tasks(lease.task_index())),
+                      now - t->started_at};
 }
 
 absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,

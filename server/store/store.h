@@ -58,6 +58,32 @@ struct ReadyTask {
   // Store-wide order in which tasks became READY: FIFO among equal
   // priorities, whatever order the effects are applied in.
   uint64_t ready_seq = 0;
+  // First READY period of the task (not a retry): how long it waited for
+  // its dependencies since the graph was submitted.
+  bool first_ready = false;
+  absl::Duration dependency_wait;
+};
+
+// An attempt that ended in this transition (metrics and traces).
+struct FinishedAttempt {
+  std::string queue;
+  std::string task;
+  int32_t index = 0;
+  int32_t attempt = 0;
+  std::string worker_id;
+  absl::Time ready_at;       // its READY period began
+  absl::Time dispatched_at;  // leased to the executor
+  // The executor reported it began (InfinitePast: not reported).
+  absl::Time picked_up_at = absl::InfinitePast();
+  // The pickup was reported with the result itself (a task that finished
+  // before its executor flushed its "started"): observe it now.
+  bool picked_up_with_result = false;
+  absl::Time finished_at;
+  // SUCCEEDED, FAILED (retried or not) or CANCELLED.
+  forge::v1::TaskState outcome = forge::v1::TASK_STATE_UNSPECIFIED;
+  bool retrying = false;
+  std::string error_code;
+  std::string error_message;
 };
 
 // A failed attempt that will be retried once its backoff has passed.
@@ -114,6 +140,11 @@ struct Effects {
   std::vector<TerminalWaiter> waiters;
   // Counters for metrics.
   int32_t tasks_finished = 0;
+  std::vector<FinishedAttempt> finished_attempts;
+  // The graph's trace context; set when finished_attempts or
+  // terminal_graph are (the spans of what ended).
+  std::string trace_id;
+  std::string trace_parent_span_id;
 
   bool empty() const {
     return batch.empty() && events.empty() && ready.empty() && retries.empty() &&
@@ -162,6 +193,14 @@ struct RecoveredGraph {
 struct StartResult {
   forge::v1::Assignment assignment;
   Effects effects;
+  std::string queue;
+  absl::Duration queue_wait;  // READY -> dispatched
+};
+
+// Result of Store::PickedUp.
+struct PickupResult {
+  std::string queue;
+  absl::Duration pickup;  // dispatched -> the executor began
 };
 
 class Store {
@@ -178,11 +217,15 @@ class Store {
   // id is returned with created=false (ALREADY_EXISTS if that earlier graph
   // was submitted with a different spec). The effects hold GRAPH_SUBMITTED,
   // then TASK_READY for each root, and the roots as ready tasks.
+  // `trace_id`/`parent_span_id`: the submitter's trace context (W3C hex);
+  // an empty trace_id starts a trace whose id derives from the graph id.
   absl::StatusOr<InsertResult> Insert(const std::string& graph_id,
                                       const std::string& request_id,
                                       forge::v1::GraphSpec spec,
                                       graph::CompiledGraph compiled,
-                                      absl::Time now);
+                                      absl::Time now,
+                                      std::string trace_id = "",
+                                      std::string parent_span_id = "");
 
   // Recovery: puts back a graph read from the journal (compiled from its
   // spec by the caller), with pending counts recomputed from its tasks'
@@ -221,8 +264,17 @@ class Store {
   // result whose (attempt, epoch) is not the task's current running one is
   // refused with ABORTED and changes nothing; NOT_FOUND for an unknown graph
   // or task index.
+  // `picked_up_now`: the executor reported, with this result, that it began
+  // the attempt (it finished before a separate report went out).
   absl::StatusOr<Effects> Complete(const forge::v1::TaskResult& result,
-                                   absl::Time now);
+                                   absl::Time now, bool picked_up_now = false);
+
+  // The executor began running the attempt (fenced like Complete; once per
+  // attempt: FAILED_PRECONDITION for a second report). Counts as a sign of
+  // life. Journals nothing by itself (the time rides along with the task's
+  // next record).
+  absl::StatusOr<PickupResult> PickedUp(const forge::v1::Lease& lease,
+                                        absl::Time now);
 
   // Records progress of the running attempt (fenced like Complete).
   absl::StatusOr<Effects> Progress(const forge::v1::TaskProgress& progress,

@@ -19,7 +19,7 @@ fail() { echo "FAIL: $*"; echo "--- forged log"; cat "$work/forged.log" || true;
 pids+=($!)
 port=""
 for _ in $(seq 1 100); do
-  port=$(sed -n 's/^forged: listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/forged.log")
+  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/forged.log")
   [ -n "$port" ] && break
   sleep 0.1
 done
@@ -121,7 +121,7 @@ rc=$?
 set -e
 elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 [ "$rc" -eq 0 ] || fail "forged exited $rc on SIGTERM"
-grep -q "forged: stopped" "$work/forged.log" || fail "forged did not stop cleanly"
+grep -q " INFO stopped$" "$work/forged.log" || fail "forged did not stop cleanly"
 [ "$elapsed_ms" -lt 6000 ] || fail "shutdown took ${elapsed_ms} ms"
 echo "ok: SIGTERM under load: exit 0 in ${elapsed_ms} ms"
 echo "cli_e2e: all passed"

@@ -75,6 +75,7 @@ client::Worker& ForgeTest::StartWorker(std::vector<std::string> queues,
   o.queues = std::move(queues);
   o.slots = slots;
   o.reconnect = false;
+  ConfigureWorker(o);
   auto w = std::make_unique<client::Worker>(o, h ? std::move(h) : client::Handler(Echo));
   absl::Status s = w->Start();
   EXPECT_TRUE(s.ok()) << s;

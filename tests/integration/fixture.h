@@ -39,6 +39,8 @@ class ForgeTest : public ::testing::Test {
 
   // Override to adjust options before the server starts.
   virtual void Configure(ServerOptions& options) {}
+  // Override to adjust the options of every worker StartWorker starts.
+  virtual void ConfigureWorker(client::WorkerOptions& options) {}
   void StartServer();
 
   v1::Orchestrator::Stub& stub() { return *stub_; }

@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "tests/integration/fixture.h"
 
 namespace forge::testing {
@@ -58,6 +61,103 @@ TEST_F(MetricsTest, ScrapeShowsSubmitsQueuesAndWorkersWithoutIdLabels) {
   EXPECT_TRUE(absl::StrContains(body, "# TYPE forge_leases_lost_total counter")) << body;
   // No graph id ever appears as a label value.
   EXPECT_FALSE(absl::StrContains(body, "graph_id")) << body;
+}
+
+// The value of one series ("name{labels}" exactly as exposed), or -1.
+double Sample(const std::string& body, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(body, '\n')) {
+    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
+      double v = -1;
+      if (absl::SimpleAtod(line, &v)) return v;
+    }
+  }
+  return -1;
+}
+
+TEST_F(MetricsTest, StageHistogramsSplitWhereTheTimeGoes) {
+  // "slow" runs 300 ms; "after" waits for it (dependency wait) and then
+  // runs at once. One slot: "other" on the same queue waits in the queue
+  // while "slow" holds it.
+  StartWorker({"work"}, 1, [](client::TaskContext& ctx) {
+    if (ctx.assignment().task() == "slow") ctx.WaitCancelled(absl::Milliseconds(300));
+    return Echo(ctx);
+  });
+  v1::GraphSpec g;
+  AddTask(g, "slow", {}, "work");
+  AddTask(g, "after", {"slow"}, "work");
+  AddTask(g, "other", {}, "work")->set_priority(-1);  // after "slow"
+  const v1::Graph done = WaitTerminal(Submit(g));
+  ASSERT_EQ(done.state(), v1::GRAPH_STATE_SUCCEEDED);
+  // The worker reported when it began each attempt.
+  for (const v1::Task& t : done.tasks()) {
+    ASSERT_EQ(t.attempts_size(), 1);
+    EXPECT_TRUE(t.attempts(0).has_picked_up_at()) << t.spec().name();
+  }
+
+  const std::string body = HttpGet(server().metrics_port(), "/metrics");
+  const std::string q = "{queue=\"work\"}";
+  for (const char* stage : {"dependency_wait", "queue_wait", "pickup", "run"}) {
+    const std::string name = absl::StrCat("forge_task_", stage, "_seconds");
+    EXPECT_EQ(Sample(body, name + "_count" + q), 3) << name << "\n" << body;
+    // The +Inf bucket holds every observation.
+    EXPECT_EQ(Sample(body, name + "_bucket{queue=\"work\",le=\"+Inf\"}"), 3)
+        << name << "\n" << body;
+  }
+  // Run: slow's 300 ms (plus two no-ops). Dependency wait: "after" waited
+  // for slow. Queue wait: "other" waited for the single slot.
+  EXPECT_GE(Sample(body, "forge_task_run_seconds_sum" + q), 0.3) << body;
+  EXPECT_LT(Sample(body, "forge_task_run_seconds_sum" + q), 5) << body;
+  EXPECT_GE(Sample(body, "forge_task_dependency_wait_seconds_sum" + q), 0.3) << body;
+  EXPECT_GE(Sample(body, "forge_task_queue_wait_seconds_sum" + q), 0.3) << body;
+  // 300 ms is not in a bucket below 250 ms.
+  EXPECT_LE(Sample(body, "forge_task_run_seconds_bucket{queue=\"work\",le=\"0.25\"}"), 2)
+      << body;
+  EXPECT_EQ(Sample(body,
+                   "forge_tasks_finished_total{queue=\"work\",outcome=\"succeeded\"}"),
+            3) << body;
+  EXPECT_EQ(Sample(body, "forge_graphs_finished_total{outcome=\"succeeded\"}"), 1)
+      << body;
+  EXPECT_EQ(Sample(body,
+                   "forge_rpc_requests_total{service=\"forge.v1.Orchestrator\","
+                   "method=\"SubmitGraph\",code=\"OK\"}"),
+            1) << body;
+  EXPECT_GE(Sample(body,
+                   "forge_rpc_duration_seconds_count{service=\"forge.v1.Orchestrator\","
+                   "method=\"SubmitGraph\"}"),
+            1) << body;
+}
+
+TEST_F(MetricsTest, OutcomesRetriesAndTimeoutsAreCountedPerQueue) {
+  StartWorker({"q"}, 2, [](client::TaskContext& ctx) {
+    client::TaskOutcome o;
+    if (ctx.assignment().task() == "bad") {
+      o.success = false;
+      o.error_code = "BOOM";
+    } else if (ctx.assignment().task() == "hang") {
+      ctx.WaitCancelled(absl::Seconds(30));
+    }
+    return o;
+  });
+  v1::GraphSpec g;
+  v1::TaskSpec* bad = AddTask(g, "bad", {}, "q");
+  bad->mutable_retry()->set_max_attempts(2);
+  bad->mutable_retry()->mutable_initial_backoff()->set_nanos(1000000);
+  AddTask(g, "skipped", {"bad"}, "q");
+  v1::TaskSpec* hang = AddTask(g, "hang", {}, "q");
+  hang->mutable_timeouts()->mutable_run()->set_nanos(200000000);
+  hang->mutable_retry()->set_max_attempts(1);
+  const v1::Graph done = WaitTerminal(Submit(g));
+  ASSERT_EQ(done.state(), v1::GRAPH_STATE_FAILED);
+  const std::string body = HttpGet(server().metrics_port(), "/metrics");
+  EXPECT_EQ(Sample(body, "forge_tasks_finished_total{queue=\"q\",outcome=\"failed\"}"), 2)
+      << body;
+  EXPECT_EQ(Sample(body, "forge_tasks_finished_total{queue=\"q\",outcome=\"skipped\"}"), 1)
+      << body;
+  EXPECT_EQ(Sample(body, "forge_task_retries_total{queue=\"q\"}"), 1) << body;
+  EXPECT_EQ(Sample(body, "forge_task_timeouts_total{queue=\"q\"}"), 1) << body;
+  EXPECT_EQ(Sample(body, "forge_graphs_finished_total{outcome=\"failed\"}"), 1) << body;
+  // Three attempts ran to an end (bad twice, hang once).
+  EXPECT_EQ(Sample(body, "forge_task_run_seconds_count{queue=\"q\"}"), 3) << body;
 }
 
 }  // namespace

@@ -55,7 +55,7 @@ YAML
 forged_pid=$!
 port=""
 for _ in $(seq 1 100); do
-  port=$(sed -n 's/^forged: listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/forged.log")
+  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/forged.log")
   [ -n "$port" ] && break
   kill -0 "$forged_pid" 2>/dev/null || fail "forged exited"
   sleep 0.1

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "common/graph_file.h"
 #include "server/server_config.h"
+#include "common/trace_context.h"
 #include "tests/integration/fixture.h"
 
 namespace forge::testing {
@@ -330,7 +331,10 @@ TEST_F(RunnerTest, EnvironmentIsTheAllowlistTheProfileAndTheTaskOnly) {
   EXPECT_EQ(env.count("FORGE_TEST_SECRET"), 0u);
   EXPECT_EQ(env.count("HOME"), 0u);
   EXPECT_EQ(env.count("PATH"), 0u);  // not in this profile's allowlist
-  EXPECT_EQ(env.size(), 6u) << TaskOf(done, "t").output();  // + FORGE_WORKDIR
+  // The attempt's trace context, so a CLI that speaks W3C joins the trace.
+  EXPECT_EQ(env["TRACEPARENT"],
+            FormatTraceparent({GraphTraceId(done.id()), AttemptSpanId(done.id(), 0, 1), true}));
+  EXPECT_EQ(env.size(), 7u) << TaskOf(done, "t").output();  // + FORGE_WORKDIR
   // The fresh working directory was removed after the run.
   EXPECT_TRUE(absl::StartsWith(env["FORGE_WORKDIR"], (dir_ / "runs").string()));
   EXPECT_FALSE(fs::exists(env["FORGE_WORKDIR"]));

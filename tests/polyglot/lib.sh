@@ -66,9 +66,9 @@ wait_exit() {
 start_forged() {
   "$1" --listen 127.0.0.1:0 --metrics-listen "" --ephemeral 2>"$tmp/forged.log" &
   forged_pid=$!
-  wait_for_line "$tmp/forged.log" '^forged: listening on ' "$forged_pid" forged
+  wait_for_line "$tmp/forged.log" 'listening on ' "$forged_pid" forged
   local port
-  port=$(sed -n 's/^forged: listening on [^ ]*:\([0-9][0-9]*\) .*/\1/p' "$tmp/forged.log")
+  port=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$tmp/forged.log")
   [[ -n $port ]] || fail "no port in forged's listening line"
   server=127.0.0.1:$port
 }
