@@ -31,6 +31,7 @@
 #include "absl/time/clock.h"
 #include "forge/v1/orchestrator.grpc.pb.h"
 #include "forge/v1/worker.grpc.pb.h"
+#include "tests/bench/child_process.h"
 
 extern char** environ;
 
@@ -44,55 +45,28 @@ std::chrono::system_clock::time_point In(absl::Duration d) {
   return absl::ToChronoTime(absl::Now() + d);
 }
 
-// forged as a child process; its address read from its first log line.
+// forged as a child process; its address read from its "listening on" line.
 class Forged {
  public:
   explicit Forged(const std::string& data_dir) {
-    int err[2];
-    EXPECT_EQ(::pipe2(err, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    std::vector<std::string> args = {FORGED_PATH, "--listen", "127.0.0.1:0",
-                                     "--metrics-listen", "", "--data-dir", data_dir};
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(::posix_spawn(&pid_, FORGED_PATH, &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    ::close(err[1]);
-    // Reads stderr up to the "listening on" line (recovery happens before).
-    std::string log;
-    char buf[512];
-    while (log.find('\n') == std::string::npos) {
-      const ssize_t n = ::read(err[0], buf, sizeof buf);
-      if (n <= 0) break;
-      log.append(buf, static_cast<size_t>(n));
-    }
-    ::close(err[0]);  // later writes to stderr get EPIPE, which forged ignores
-    const std::string marker = "listening on 127.0.0.1:";
-    const size_t at = log.find(marker);
-    if (at == std::string::npos) {
-      ADD_FAILURE() << "forged did not start: " << log;
+    absl::StatusOr<bench::ChildProcess> p = bench::ChildProcess::Start(
+        {FORGED_PATH, "--listen", "127.0.0.1:0", "--metrics-listen", "", "--data-dir",
+         data_dir},
+        "listening on 127.0.0.1:", absl::Minutes(2));
+    if (!p.ok()) {
+      ADD_FAILURE() << "forged did not start: " << p.status();
       return;
     }
-    address_ = absl::StrCat("127.0.0.1:", std::atoi(log.c_str() + at + marker.size()));
-    log_ = log.substr(0, log.find('\n'));
+    process_ = *std::move(p);
+    address_ = process_.ListenAddress();
   }
-  ~Forged() { Kill(); }
-  void Kill() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
+  void Kill() { process_.Kill(); }
   const std::string& address() const { return address_; }
-  const std::string& log() const { return log_; }
+  const std::string& log() const { return process_.ready_line(); }
 
  private:
-  pid_t pid_ = -1;
+  bench::ChildProcess process_;
   std::string address_;
-  std::string log_;
 };
 
 struct TaskKey {
