@@ -31,7 +31,7 @@ fail() {
 wait_for_line() {
   local i
   for ((i = 0; i < 100; i++)); do
-    grep -Eq "$2" "$1" && return 0
+    grep -Eqs "$2" "$1" && return 0
     kill -0 "$3" 2>/dev/null || fail "$4 exited before it was ready"
     sleep 0.1
   done
@@ -61,10 +61,13 @@ wait_exit() {
   wait "$1" || exit_rc=$?
 }
 
-# start_forged FORGED: forged (ephemeral, no metrics) on a free port; sets
-# forged_pid and server (HOST:PORT).
+# start_forged FORGED [FLAG...]: forged (ephemeral, no metrics) on a free
+# port, with the extra flags; sets forged_pid and server (HOST:PORT).
 start_forged() {
-  "$1" --listen 127.0.0.1:0 --metrics-listen "" --ephemeral 2>"$tmp/forged.log" &
+  local forged=$1
+  shift
+  "$forged" --listen 127.0.0.1:0 --metrics-listen "" --ephemeral "$@" \
+    2>"$tmp/forged.log" &
   forged_pid=$!
   wait_for_line "$tmp/forged.log" 'listening on ' "$forged_pid" forged
   local port

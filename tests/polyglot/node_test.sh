@@ -35,8 +35,40 @@ EOF
     fail "$what: $(cat "$tmp/check.err")"
 }
 
+# --- an OTLP/HTTP receiver: each POST body to $tmp/otlp/NNNNN.json ----------
+# forged and nodeworker send it their spans; checked once both have stopped.
+mkdir "$tmp/otlp"
+cat >"$tmp/otlp_receiver.js" <<'EOF'
+const fs = require('node:fs');
+const http = require('node:http');
+const path = require('node:path');
+const dir = process.argv[2];
+let n = 0;
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on('data', (chunk) => chunks.push(chunk));
+  req.on('end', () => {
+    if (req.method !== 'POST' || req.url !== '/v1/traces') {
+      res.writeHead(404).end();
+      return;
+    }
+    const file = path.join(dir, `${String(n++).padStart(5, '0')}.json`);
+    fs.writeFileSync(`${file}.tmp`, Buffer.concat(chunks));
+    fs.renameSync(`${file}.tmp`, file);
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+  });
+});
+server.listen(0, '127.0.0.1', () => {
+  console.log(`otlp receiver listening on 127.0.0.1:${server.address().port}`);
+});
+EOF
+"$NODE" "$tmp/otlp_receiver.js" "$tmp/otlp" >"$tmp/otlp.out" 2>"$tmp/otlp.err" &
+otlp_pid=$!
+wait_for_line "$tmp/otlp.out" '^otlp receiver listening on ' "$otlp_pid" "the OTLP receiver"
+otlp=http://$(sed -n 's/^otlp receiver listening on //p' "$tmp/otlp.out")
+
 # --- forged on a free port --------------------------------------------------
-start_forged "$FORGED"
+start_forged "$FORGED" --otlp-endpoint "$otlp"
 
 # --- usage errors: exit 2 ---------------------------------------------------
 rc=0
@@ -45,14 +77,19 @@ rc=0
 rc=0
 "$NODE" "$WORKER" --server "$server" --queue q --mode nope >/dev/null 2>&1 || rc=$?
 [[ $rc -eq 2 ]] || fail "forge_worker.js --mode nope exited $rc, want 2"
+rc=0
+"$NODE" "$WORKER" --server "$server" --queue q --otlp-endpoint 127.0.0.1:4318 \
+  >/dev/null 2>&1 || rc=$?
+[[ $rc -eq 2 ]] || fail "forge_worker.js --otlp-endpoint without http:// exited $rc, want 2"
 
 # --- the Node workers -------------------------------------------------------
 # nodeworker computes "NAME(dep=OUTPUT,...)" from the upper-cased input and
 # the upstream outputs; it heartbeats every 200 ms so tasks whose heartbeat
-# timeout is 1 s survive only if its heartbeats arrive. nodefail fails
-# everything it runs.
+# timeout is 1 s survive only if its heartbeats arrive, and exports its spans.
+# nodefail fails everything it runs.
 "$NODE" "$WORKER" --server "$server" --queue polyglot-node --queue other-node \
-  --slots 2 --name nodeworker --mode upper --heartbeat-ms 200 2>"$tmp/worker.log" &
+  --slots 2 --name nodeworker --mode upper --heartbeat-ms 200 \
+  --otlp-endpoint "$otlp" 2>"$tmp/worker.log" &
 worker_pid=$!
 "$NODE" "$WORKER" --server "$server" --queue polyglot-node-fail \
   --slots 1 --name nodefail --mode fail 2>"$tmp/failer.log" &
@@ -63,7 +100,8 @@ wait_for_line "$tmp/failer.log" '^forge_worker: connected as nodefail-' \
   "$failer_pid" "forge_worker.js (nodefail)"
 
 # --- a diamond submitted with forgectl: a; b, c after a; d after b and c ----
-# c is on the worker's second queue.
+# c is on the worker's second queue; tp (on its own) outputs the traceparent
+# its handler was given.
 cat >"$tmp/diamond.yaml" <<'EOF'
 name: node-diamond
 labels: {suite: polyglot}
@@ -72,25 +110,35 @@ tasks:
   - {name: b, queue: polyglot-node, depends_on: [a]}
   - {name: c, queue: other-node, depends_on: [a], input: see}
   - {name: d, queue: polyglot-node, depends_on: [b, c]}
+  - {name: tp, queue: polyglot-node, params: {traceparent: "true"}}
 EOF
 rc=0
 ctl submit -f "$tmp/diamond.yaml" --wait >"$tmp/diamond.out" 2>"$tmp/diamond.err" || rc=$?
 [[ $rc -eq 0 ]] || fail "forgectl submit --wait of the diamond exited $rc"
 graph_id=$(sed -n 1p "$tmp/diamond.out")
 [[ $graph_id =~ ^[0-9A-Z]{26}$ ]] || fail "first line is not a graph id: '$graph_id'"
-[[ $(sed -n 2p "$tmp/diamond.out") == "$graph_id SUCCEEDED succeeded=4" ]] ||
-  fail "the diamond did not end SUCCEEDED with 4 tasks"
+[[ $(sed -n 2p "$tmp/diamond.out") == "$graph_id SUCCEEDED succeeded=5" ]] ||
+  fail "the diamond did not end SUCCEEDED with 5 tasks"
 
 ctl get "$graph_id" -o json >"$tmp/diamond.json" 2>"$tmp/get.err" || fail "forgectl get failed"
 check_json "$tmp/diamond.json" "diamond" <<'EOF'
 assert.equal(doc.state, 'GRAPH_STATE_SUCCEEDED');
 const t = byName(doc);
-assert.deepEqual(Object.keys(t).sort(), ['a', 'b', 'c', 'd']);
+assert.deepEqual(Object.keys(t).sort(), ['a', 'b', 'c', 'd', 'tp']);
 for (const task of doc.tasks) {
   assert.equal(task.state, 'SUCCEEDED', task.spec.name);
   assert.equal(task.attempts.length, 1, task.spec.name);
-  assert.match(task.attempts[0].worker_id, /^nodeworker-/, task.spec.name);
+  const [a] = task.attempts;
+  assert.match(a.worker_id, /^nodeworker-/, task.spec.name);
+  // The worker reported when its handler began (WorkerMessage.started):
+  // dispatched (started_at) <= picked up <= finished. forgectl prints proto
+  // field names: picked_up_at (pickedUpAt in the camelCase mapping).
+  assert.ok(a.picked_up_at, `${task.spec.name}: no picked_up_at`);
+  assert.ok(ns(a.started_at) <= ns(a.picked_up_at), task.spec.name);
+  assert.ok(ns(a.picked_up_at) <= ns(a.finished_at), task.spec.name);
 }
+// The handler's own traceparent: version 00, sampled.
+assert.match(out(t.tp), /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
 // Outputs the Node worker computed, with the data of every edge in them.
 assert.equal(out(t.a), 'HELLO');
 assert.equal(out(t.b), 'B(a=HELLO)');
@@ -189,6 +237,12 @@ task_running() {
   ctl task "$1" slow -o json 2>/dev/null | grep -q '"state": "RUNNING"'
 }
 wait_until "slow is not RUNNING" task_running "$slow_id"
+# Its pickup (WorkerMessage.started) is reported while it runs, not with its
+# result.
+picked_up() {
+  ctl task "$1" slow -o json 2>/dev/null | grep -q '"picked_up_at"'
+}
+wait_until "slow is not shown picked up while it runs" picked_up "$slow_id"
 ctl cancel "$slow_id" --reason "node test cancel" >"$tmp/cancel.out" 2>"$tmp/cancel.err" ||
   fail "forgectl cancel failed"
 wait_for_line "$tmp/worker.log" \
@@ -242,5 +296,82 @@ kill -TERM "$forged_pid"
 wait_exit "$forged_pid" forged
 forged_pid=""
 [[ $exit_rc -eq 0 ]] || fail "forged exited $exit_rc on SIGTERM"
+
+# --- traces: forged and nodeworker flushed their spans when they stopped ----
+# Each attempt nodeworker ran (the diamond's, boom's two, rescue's) has a
+# "forge.task" span from forged and, its child in the same trace, a
+# "forge.worker.handle" span from the Node worker.
+# One document for check_json: the OTLP requests, the diamond, the graph ids.
+"$NODE" -e '
+  const fs = require("node:fs");
+  const dir = process.argv[1];
+  const files = fs.readdirSync(dir).filter((f) => f.endsWith(".json")).sort();
+  const requests = files.map((f) => JSON.parse(fs.readFileSync(`${dir}/${f}`, "utf8")));
+  fs.writeFileSync(process.argv[2], JSON.stringify({
+    requests,
+    diamond: JSON.parse(fs.readFileSync(process.argv[3], "utf8")),
+    ids: { diamond: process.argv[4], fail: process.argv[5] },
+  }));' "$tmp/otlp" "$tmp/traces.json" "$tmp/diamond.json" "$graph_id" "$fail_id" ||
+  fail "cannot read the received spans"
+check_json "$tmp/traces.json" "exported spans" <<'EOF'
+const value = (v) => {
+  const [[kind, x]] = Object.entries(v);
+  return kind === 'intValue' ? Number(x) : x;
+};
+const spans = [];
+for (const request of doc.requests) {
+  for (const rs of request.resourceSpans) {
+    const resource = Object.fromEntries(rs.resource.attributes.map((a) => [a.key, value(a.value)]));
+    for (const ss of rs.scopeSpans) {
+      assert.equal(ss.scope.name, 'forge');
+      for (const s of ss.spans) {
+        s.attrs = Object.fromEntries(s.attributes.map((a) => [a.key, value(a.value)]));
+        spans.push([resource['service.name'], s]);
+      }
+    }
+  }
+}
+assert.ok(spans.length > 0, 'no spans received');
+const find = (service, name, graph, task, attempt) => {
+  const found = spans.filter(([svc, s]) => svc === service && s.name === name &&
+    s.attrs['forge.graph.id'] === graph && s.attrs['forge.task.name'] === task &&
+    s.attrs['forge.task.attempt'] === attempt).map(([, s]) => s);
+  assert.equal(found.length, 1, `${service} ${name} ${task} attempt ${attempt}`);
+  return found[0];
+};
+const { diamond, fail } = doc.ids;
+const handles = {};
+for (const [graph, task, attempt, ok] of [
+  [diamond, 'a', 1, true], [diamond, 'b', 1, true], [diamond, 'c', 1, true],
+  [diamond, 'd', 1, true], [diamond, 'tp', 1, true],
+  [fail, 'boom', 1, false], [fail, 'boom', 2, false], [fail, 'rescue', 1, true]]) {
+  const parent = find('forged', 'forge.task', graph, task, attempt);
+  const span = find('forge-worker:nodeworker', 'forge.worker.handle', graph, task, attempt);
+  const what = `${task} attempt ${attempt}`;
+  assert.equal(span.traceId, parent.traceId, what);
+  assert.equal(span.parentSpanId, parent.spanId, what);
+  assert.match(span.spanId, /^[0-9a-f]{16}$/, what);
+  assert.notEqual(span.spanId, parent.spanId, what);
+  assert.equal(span.kind, 5, what); // CONSUMER
+  assert.ok(BigInt(span.startTimeUnixNano) <= BigInt(span.endTimeUnixNano), what);
+  assert.equal(span.attrs['forge.worker.id'], parent.attrs['forge.worker.id'], what);
+  assert.match(span.attrs['forge.worker.id'], /^nodeworker-/, what);
+  assert.equal(span.attrs['forge.queue'], parent.attrs['forge.queue'], what);
+  if (ok) {
+    assert.deepEqual(span.status, { code: 1 }, what);
+  } else {
+    assert.equal(span.status.code, 2, what);
+    assert.match(span.status.message, /^boom: failure requested/, what);
+    assert.equal(span.attrs['error.type'], 'INJECTED', what);
+  }
+  handles[`${task}/${attempt}`] = span;
+}
+// The traceparent tp's handler was given names its own span.
+const tp = handles['tp/1'];
+assert.equal(out(byName(doc.diamond).tp), `00-${tp.traceId}-${tp.spanId}-01`);
+EOF
+kill -TERM "$otlp_pid"
+wait_exit "$otlp_pid" "the OTLP receiver"
+otlp_pid=""
 
 echo "node_worker: ok (${SECONDS}s)"
