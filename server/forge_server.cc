@@ -225,6 +225,7 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
       server->GetHealthCheckService()->SetServingStatus(false);
     }
   };
+  options.engine.observe = !options.metrics_listen.empty();
   s->engine_ = std::make_unique<Engine>(options.engine, clock, s->timers_.get(),
                                         s->bus_.get(), s->journal_.get());
   if (!options.otlp_endpoint.empty()) {
@@ -277,9 +278,9 @@ absl::StatusOr<std::unique_ptr<ForgeServer>> ForgeServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  s->rpc_metrics_ = std::make_unique<obs::RpcMetrics>(obs::MethodsOf(
-      {"forge.v1.Orchestrator", "forge.v1.WorkerService", "grpc.health.v1.Health"}));
-  {
+  if (!options.metrics_listen.empty()) {
+    s->rpc_metrics_ = std::make_unique<obs::RpcMetrics>(obs::MethodsOf(
+        {"forge.v1.Orchestrator", "forge.v1.WorkerService", "grpc.health.v1.Health"}));
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
         interceptors;
     interceptors.push_back(s->rpc_metrics_->Factory());

@@ -584,7 +584,7 @@ void Engine::ExportSpans(const store::Effects& fx) {
 }
 
 void Engine::ApplyNow(store::Effects fx) {
-  Observe(fx);
+  if (options_.observe) Observe(fx);
   if (spans_ != nullptr) ExportSpans(fx);
   if (fx.terminal_graph.has_value() && !fx.events.empty()) {
     // The transition that finished the graph (not a waiter's read of it).
@@ -650,8 +650,10 @@ void Engine::Pump(const std::string& queue) {
       continue;
     }
     tasks_dispatched_.fetch_add(1, std::memory_order_relaxed);
-    if (queue_metrics == nullptr) queue_metrics = &task_metrics_.For(started->queue);
-    queue_metrics->queue_wait.Observe(started->queue_wait);
+    if (options_.observe) {
+      if (queue_metrics == nullptr) queue_metrics = &task_metrics_.For(started->queue);
+      queue_metrics->queue_wait.Observe(started->queue_wait);
+    }
     Batch& batch = batches[executor_id];
     if (!batch.executor) batch.executor = m->executor;
     batch.dispatches.push_back(
@@ -773,7 +775,7 @@ void Engine::DetachExecutor(const std::string& executor_id,
 absl::Status Engine::OnStarted(const v1::Lease& lease) {
   absl::StatusOr<store::PickupResult> p = store_.PickedUp(lease, clock_->Now());
   if (!p.ok()) return p.status();
-  task_metrics_.For(p->queue).pickup.Observe(p->pickup);
+  if (options_.observe) task_metrics_.For(p->queue).pickup.Observe(p->pickup);
   return absl::OkStatus();
 }
 

@@ -54,6 +54,9 @@ struct EngineOptions {
   // than this many journal bytes wait to be written (the journal's own hard
   // limit is far above it, so transitions already admitted never fail).
   size_t max_journal_backlog_bytes = 64 << 20;
+  // Keep the task metrics (stage histograms, outcome counters). Off when
+  // nothing serves them (forged without --metrics-listen).
+  bool observe = true;
   // Called once when the journal fails for good (durable mode): the server
   // stops accepting writes and turns NOT_SERVING.
   std::function<void(const absl::Status&)> on_journal_failure;
