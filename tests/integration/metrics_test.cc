@@ -160,5 +160,38 @@ TEST_F(MetricsTest, OutcomesRetriesAndTimeoutsAreCountedPerQueue) {
   EXPECT_EQ(Sample(body, "forge_task_run_seconds_count{queue=\"q\"}"), 3) << body;
 }
 
+// Series (non-comment lines) on /metrics.
+int SeriesCount(const std::string& body) {
+  int n = 0;
+  for (absl::string_view line : absl::StrSplit(body, '\n')) {
+    if (!line.empty() && line[0] != '#') ++n;
+  }
+  return n;
+}
+
+TEST_F(MetricsTest, SeriesCountDoesNotGrowWithTheWork) {
+  StartWorker({"default"}, 256, [](client::TaskContext&) { return client::TaskOutcome(); });
+  // Every label value the work below can produce, once.
+  const v1::Graph warm = WaitTerminal(Submit(Diamond()));
+  ASSERT_EQ(warm.state(), v1::GRAPH_STATE_SUCCEEDED);
+  const int before = SeriesCount(HttpGet(server().metrics_port(), "/metrics"));
+  ASSERT_GT(before, 50);
+  // 100,000 more tasks, in graphs of 10,000.
+  std::vector<std::string> ids;
+  for (int g = 0; g < 10; ++g) {
+    v1::GraphSpec spec;
+    for (int i = 0; i < 10000; ++i) AddTask(spec, absl::StrCat("t", i));
+    ids.push_back(Submit(spec));
+  }
+  for (const std::string& id : ids) {
+    ASSERT_EQ(WaitTerminal(id).state(), v1::GRAPH_STATE_SUCCEEDED);
+  }
+  const std::string body = HttpGet(server().metrics_port(), "/metrics");
+  EXPECT_EQ(SeriesCount(body), before) << body;
+  EXPECT_EQ(Sample(body, "forge_tasks_finished_total{queue=\"default\",outcome=\"succeeded\"}"),
+            100004)
+      << body;
+}
+
 }  // namespace
 }  // namespace forge::testing
