@@ -15,6 +15,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
 #include "client/worker/worker.h"
@@ -202,6 +203,9 @@ forge::client::Handler MakeHandler(const Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As in forged: no global lock-graph walk on every Mutex lock (Debian's
+  // Abseil has deadlock detection on); the tests keep it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   Flags flags;
   std::string error;
   if (!ParseFlags(argc, argv, &flags, &error)) {

@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "tests/bench/child_process.h"
@@ -63,6 +64,9 @@ std::string MachineNote() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As in forged: no global lock-graph walk on every Mutex lock (Debian's
+  // Abseil has deadlock detection on); the tests keep it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage("forge-bench [--workloads W1,...] [--repeat N] [--json]");
   absl::ParseCommandLine(argc, argv);
   using forge::bench::BenchOptions;
