@@ -411,6 +411,9 @@ bool Engine::Drain(absl::Time deadline) {
 // --- Effects -----------------------------------------------------------------
 
 void Engine::Apply(store::Effects fx, Ack then) {
+  // A deadline timer is armed at once: its expiry is a transition of its
+  // own, journaled after this one.
+  if (fx.deadline_shard >= 0) ArmDeadline(fx.deadline_shard, fx.deadline_due);
   std::shared_ptr<persist::Durability> durable = std::move(fx.durable);
   if (durable == nullptr) {
     ApplyNow(std::move(fx));
@@ -424,6 +427,14 @@ void Engine::Apply(store::Effects fx, Ack then) {
       NotDurable(s);
     }
     if (then) then(s);
+  });
+}
+
+void Engine::ArmDeadline(int shard, absl::Time due) {
+  timers_->Schedule(due, [this, shard, due]() {
+    store::Store::DeadlineSweep sweep = store_.ExpireDeadlines(shard, due, clock_->Now());
+    for (store::Effects& fx : sweep.effects) Apply(std::move(fx));
+    if (sweep.rearm != absl::InfiniteFuture()) ArmDeadline(shard, sweep.rearm);
   });
 }
 

@@ -208,6 +208,8 @@ class Engine {
   // Metrics and spans of what a transition made visible.
   void Observe(const store::Effects& effects);
   void ExportSpans(const store::Effects& effects);
+  // Arms the timer of a shard's attempt deadlines (Store::ExpireDeadlines).
+  void ArmDeadline(int shard, absl::Time due);
   // A commit failed: nothing of that transition became visible.
   void NotDurable(const absl::Status& status);
   // New client writes (submit, cancel): UNAVAILABLE once the journal failed,

@@ -46,6 +46,10 @@ struct Store::TaskRuntime {
   int32_t restarts = 0;
   // When the backoff of a READY, backing-off task ends.
   absl::Time retry_at = absl::InfinitePast();
+  // Entries of the running attempt in the shard's deadline index
+  // (InfiniteFuture: none).
+  absl::Time run_due = absl::InfiniteFuture();
+  absl::Time heartbeat_due = absl::InfiniteFuture();
   // Latest checkpoint of any attempt; handed to the next attempt.
   std::string checkpoint;
   absl::Time ready_at = absl::InfinitePast();
@@ -169,9 +173,9 @@ absl::Status StaleLease(const v1::Lease& lease, v1::TaskState state,
 // One transition on one graph, under its shard lock. Collects the effects.
 class Store::Transition {
  public:
-  Transition(Store& store, GraphRecord& g, absl::BitGen& rng, absl::Time now,
-             Effects& fx)
-      : store_(store), g_(g), rng_(rng), now_(now), fx_(fx) {
+  Transition(Store& store, GraphRecord& g, absl::BitGen& rng,
+             DeadlineIndex& deadlines, absl::Time now, Effects& fx)
+      : store_(store), g_(g), rng_(rng), deadlines_(deadlines), now_(now), fx_(fx) {
     fx_.graph_id = g.id;
   }
   // Every path that changes something ends with Seal() (durable mode would
@@ -276,9 +280,36 @@ class Store::Transition {
 
   void SetState(int32_t i, v1::TaskState s) {
     TaskRuntime& t = g_.tasks[i];
+    if (t.state == v1::RUNNING && s != v1::RUNNING) ClearDeadlines(i);
     Bump(g_.counts, t.state, -1);
     Bump(g_.counts, s, +1);
     t.state = s;
+  }
+
+  // Adds a deadline of task i's running attempt; asks for a timer if it is
+  // now the shard's earliest.
+  void AddDeadline(int32_t i, Deadline::Kind kind, absl::Time due) {
+    TaskRuntime& t = g_.tasks[i];
+    (kind == Deadline::kRun ? t.run_due : t.heartbeat_due) = due;
+    deadlines_.set.insert(Deadline{due, &g_, i, kind});
+    if (due < deadlines_.armed) {
+      deadlines_.armed = due;
+      fx_.deadline_shard = deadlines_.shard;
+      fx_.deadline_due = due;
+    }
+  }
+
+  // The attempt of task i is over: its deadlines go.
+  void ClearDeadlines(int32_t i) {
+    TaskRuntime& t = g_.tasks[i];
+    if (t.run_due != absl::InfiniteFuture()) {
+      deadlines_.set.erase(Deadline{t.run_due, &g_, i, Deadline::kRun});
+      t.run_due = absl::InfiniteFuture();
+    }
+    if (t.heartbeat_due != absl::InfiniteFuture()) {
+      deadlines_.set.erase(Deadline{t.heartbeat_due, &g_, i, Deadline::kHeartbeat});
+      t.heartbeat_due = absl::InfiniteFuture();
+    }
   }
 
   // PENDING (or a finished backoff) -> READY, queued.
@@ -314,23 +345,14 @@ class Store::Transition {
   // Arms the run-timeout and (if `heartbeat`) heartbeat timers of task i's
   // new attempt.
   void ArmAttemptTimers(int32_t i, bool heartbeat) {
-    const TaskRuntime& t = g_.tasks[i];
     const v1::Timeouts& to = g_.spec.tasks(i).timeouts();
     const graph::PolicyDefaults& d = store_.options_.defaults;
     const absl::Duration run = to.has_run() ? FromProto(to.run()) : d.run_timeout;
     const absl::Duration hb =
         to.has_heartbeat() ? FromProto(to.heartbeat()) : d.heartbeat_timeout;
-    for (auto [kind, after] : {std::pair{AttemptTimer::kRun, run},
-                               std::pair{AttemptTimer::kHeartbeat, hb}}) {
-      if (after <= absl::ZeroDuration()) continue;  // 0 = no limit
-      if (kind == AttemptTimer::kHeartbeat && !heartbeat) continue;
-      AttemptTimer& timer = fx_.attempt_timers.emplace_back();
-      timer.kind = kind;
-      timer.graph_id = g_.id;
-      timer.index = i;
-      timer.attempt = t.attempt;
-      timer.epoch = t.epoch;
-      timer.due = now_ + after;
+    if (run > absl::ZeroDuration()) AddDeadline(i, Deadline::kRun, now_ + run);  // 0 = none
+    if (heartbeat && hb > absl::ZeroDuration()) {
+      AddDeadline(i, Deadline::kHeartbeat, now_ + hb);
     }
   }
 
@@ -540,6 +562,7 @@ class Store::Transition {
   Store& store_;
   GraphRecord& g_;
   absl::BitGen& rng_;
+  DeadlineIndex& deadlines_;
   const absl::Time now_;
   Effects& fx_;
   std::vector<int32_t> worklist_;
@@ -551,7 +574,11 @@ Store::Store(StoreOptions options, persist::Journal* journal)
     : options_(std::move(options)), journal_(journal) {
   const int n = std::max(1, options_.shards);
   shards_.reserve(n);
-  for (int i = 0; i < n; ++i) shards_.push_back(std::make_unique<Shard>());
+  for (int i = 0; i < n; ++i) {
+    shards_.push_back(std::make_unique<Shard>());
+    absl::MutexLock lock(&shards_.back()->mu);
+    shards_.back()->deadlines.shard = i;
+  }
 }
 
 Store::~Store() = default;
@@ -624,7 +651,7 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     Shard& shard = ShardFor(graph_id);
     absl::MutexLock lock(&shard.mu);
     GraphRecord& rec = *g;
-    Transition tx(*this, rec, shard.rng, now, result.effects);
+    Transition tx(*this, rec, shard.rng, shard.deadlines, now, result.effects);
     v1::Event& e = tx.Emit(v1::GRAPH_SUBMITTED);
     *e.mutable_labels() = rec.spec.labels();
     e.set_message(rec.spec.name());
@@ -748,6 +775,18 @@ absl::StatusOr<Effects> Store::Erase(const std::string& graph_id) {
     auto r = requests_.find(request_id);
     if (r != requests_.end() && r->second.graph_id == graph_id) requests_.erase(r);
   }
+  // A graph erased with attempts still running (a submit that never became
+  // durable cannot have any; this is for safety): their deadlines go too.
+  const GraphRecord* g = it->second.get();
+  for (int32_t i = 0; i < static_cast<int32_t>(g->tasks.size()); ++i) {
+    const TaskRuntime& t = g->tasks[i];
+    if (t.run_due != absl::InfiniteFuture()) {
+      shard.deadlines.set.erase(Deadline{t.run_due, g, i, Deadline::kRun});
+    }
+    if (t.heartbeat_due != absl::InfiniteFuture()) {
+      shard.deadlines.set.erase(Deadline{t.heartbeat_due, g, i, Deadline::kHeartbeat});
+    }
+  }
   shard.graphs.erase(it);
   graph_count_.fetch_sub(1, std::memory_order_relaxed);
   return fx;
@@ -841,7 +880,7 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
   GraphRecord& rg = *g;
   shard.graphs.emplace(id, std::move(g));
   graph_count_.fetch_add(1, std::memory_order_relaxed);
-  Transition tx(*this, rg, shard.rng, now, fx);
+  Transition tx(*this, rg, shard.rng, shard.deadlines, now, fx);
   for (int32_t i = 0; i < n; ++i) {
     TaskRuntime& t = rg.tasks[i];
     const v1::TaskSpec& spec = rg.spec.tasks(i);
@@ -895,7 +934,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
                      t.backing_off ? " (backing off)" : ""));
   }
   StartResult result;
-  Transition tx(*this, g, shard.rng, now, result.effects);
+  Transition tx(*this, g, shard.rng, shard.deadlines, now, result.effects);
   ++t.attempt;
   t.epoch = next_epoch_.fetch_add(1, std::memory_order_relaxed);
   t.worker_id = worker_id;
@@ -956,7 +995,7 @@ absl::StatusOr<Effects> Store::OnRunning(const v1::Lease& lease, absl::Time now,
   ASSIGN_OR_RETURN(GraphRecord* const g, FindLocked(shard, lease.graph_id()));
   ASSIGN_OR_RETURN(TaskRuntime* const t, FenceLocked(*g, lease));
   Effects fx;
-  Transition tx(*this, *g, shard.rng, now, fx);
+  Transition tx(*this, *g, shard.rng, shard.deadlines, now, fx);
   RETURN_IF_ERROR(fn(*t, tx));
   tx.Seal();
   return fx;
@@ -1059,7 +1098,7 @@ Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
   const int32_t i = timer.index;
   TaskRuntime& t = g.tasks[i];
   const v1::TaskSpec& spec = g.spec.tasks(i);
-  Transition tx(*this, g, shard.rng, now, fx);
+  Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
   switch (timer.kind) {
     case AttemptTimer::kScheduleToStart:
       if (t.state != v1::READY || t.backing_off || t.ready_seq != timer.ready_seq) {
@@ -1077,39 +1116,81 @@ Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
       return fx;
     case AttemptTimer::kRun:
     case AttemptTimer::kHeartbeat:
-      break;
+      break;  // kept in the deadline index (ExpireDeadlines)
   }
-  if (t.state != v1::RUNNING || t.attempt != timer.attempt ||
-      t.epoch != timer.epoch) {
-    return fx;  // that attempt is over
-  }
+  return fx;
+}
+
+Store::DeadlineSweep Store::ExpireDeadlines(int shard_index, absl::Time armed,
+                                            absl::Time now) {
+  DeadlineSweep sweep;
+  Shard& shard = *shards_[shard_index];
+  absl::MutexLock lock(&shard.mu);
+  DeadlineIndex& index = shard.deadlines;
   const graph::PolicyDefaults& d = options_.defaults;
-  if (timer.kind == AttemptTimer::kRun) {
+  while (!index.set.empty() && index.set.begin()->due <= now) {
+    const Deadline e = *index.set.begin();
+    index.set.erase(index.set.begin());
+    // Entries exist only while their attempt runs (SetState clears them).
+    GraphRecord& g = *const_cast<GraphRecord*>(e.graph);
+    TaskRuntime& t = g.tasks[e.index];
+    const v1::TaskSpec& spec = g.spec.tasks(e.index);
+    if (e.kind == Deadline::kRun) {
+      t.run_due = absl::InfiniteFuture();
+    } else {
+      t.heartbeat_due = absl::InfiniteFuture();
+    }
+    if (t.state != v1::RUNNING) continue;
+    if (e.kind == Deadline::kHeartbeat) {
+      const absl::Duration hb = spec.timeouts().has_heartbeat()
+                                    ? FromProto(spec.timeouts().heartbeat())
+                                    : d.heartbeat_timeout;
+      const absl::Time expires = t.last_heartbeat + hb;
+      if (expires > now) {
+        // A heartbeat came since: look again then.
+        t.heartbeat_due = expires;
+        index.set.insert(Deadline{expires, &g, e.index, Deadline::kHeartbeat});
+        continue;
+      }
+      Effects& fx = sweep.effects.emplace_back();
+      Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
+      tx.ExpireAttempt(e.index, "LEASE_LOST",
+                       absl::StrCat("no heartbeat from ", t.worker_id, " for ",
+                                    absl::FormatDuration(hb)));
+      tx.Seal();
+      continue;
+    }
     const absl::Duration run = spec.timeouts().has_run()
                                    ? FromProto(spec.timeouts().run())
                                    : d.run_timeout;
-    tx.ExpireAttempt(i, "TIMEOUT",
+    Effects& fx = sweep.effects.emplace_back();
+    Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
+    tx.ExpireAttempt(e.index, "TIMEOUT",
                      absl::StrCat("run timeout of ", absl::FormatDuration(run),
                                   " exceeded"));
     tx.Seal();
-    return fx;
   }
-  const absl::Duration hb = spec.timeouts().has_heartbeat()
-                                ? FromProto(spec.timeouts().heartbeat())
-                                : d.heartbeat_timeout;
-  const absl::Time expires = t.last_heartbeat + hb;
-  if (expires > now) {
-    // A heartbeat came since the timer was armed: look again then.
-    AttemptTimer again = timer;
-    again.due = expires;
-    fx.attempt_timers.push_back(std::move(again));
-    return fx;
+  // The transitions above may have asked for timers of their own (a retry
+  // starting is not one of them: it starts later, from the engine): the one
+  // timer the shard needs is decided here.
+  for (Effects& fx : sweep.effects) fx.deadline_shard = -1;
+  const absl::Time next =
+      index.set.empty() ? absl::InfiniteFuture() : index.set.begin()->due;
+  if (armed == index.armed || next < index.armed) {
+    // This was the shard's armed timer (or a later one is needed sooner).
+    index.armed = next;
+    sweep.rearm = next;
   }
-  tx.ExpireAttempt(i, "LEASE_LOST",
-                   absl::StrCat("no heartbeat from ", t.worker_id, " for ",
-                                absl::FormatDuration(hb)));
-  tx.Seal();
-  return fx;
+  return sweep;
+}
+
+size_t Store::deadlines_held() const {
+  size_t n = 0;
+  for (const auto& shard : shards_) {
+    absl::MutexLock lock(&shard->mu);
+    n += shard->deadlines.set.size();
+  }
+  return n;
 }
 
 Effects Store::RetryDue(const RetryTimer& timer, absl::Time now) {
@@ -1126,7 +1207,7 @@ Effects Store::RetryDue(const RetryTimer& timer, absl::Time now) {
   if (t.state != v1::READY || !t.backing_off || t.attempt != timer.attempt) {
     return fx;
   }
-  Transition tx(*this, g, shard.rng, now, fx);
+  Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
   tx.MakeReady(timer.index);
   tx.Seal();
   return fx;
@@ -1142,7 +1223,7 @@ absl::StatusOr<Effects> Store::CancelGraph(const std::string& graph_id,
   Effects fx;
   if (graph::IsTerminal(g.state)) return fx;
   g.cancel_requested = true;
-  Transition tx(*this, g, shard.rng, now, fx);
+  Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
   tx.MarkGraphDirty();
   const std::string why =
       reason.empty() ? std::string("graph cancelled") : reason;
@@ -1171,7 +1252,7 @@ absl::StatusOr<Effects> Store::CancelTask(const std::string& graph_id,
   }
   Effects fx;
   if (graph::IsTerminal(g.tasks[t->second].state)) return fx;
-  Transition tx(*this, g, shard.rng, now, fx);
+  Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
   tx.Terminate(t->second, v1::CANCELLED,
                reason.empty() ? std::string("task cancelled") : reason);
   tx.Drain();

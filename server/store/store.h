@@ -27,10 +27,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/random/random.h"
@@ -94,9 +96,10 @@ struct RetryTimer {
   absl::Time due;
 };
 
-// A deadline of one attempt (or of one READY period): run timeout,
-// heartbeat expiry, schedule-to-start. Fenced when it fires: a timer of an
-// attempt that is over does nothing.
+// A deadline of one READY period (schedule-to-start), armed on the timer
+// service. Fenced when it fires: a timer of a READY period that is over does
+// nothing. (Run timeouts and heartbeat expiry live in the shard's deadline
+// index instead; see Store::ExpireDeadlines.)
 struct AttemptTimer {
   enum Kind { kRun, kHeartbeat, kScheduleToStart };
   Kind kind = kRun;
@@ -140,6 +143,12 @@ struct Effects {
   std::vector<TerminalWaiter> waiters;
   // Counters for metrics.
   int32_t tasks_finished = 0;
+  // The shard's earliest attempt deadline moved earlier: arm a timer for
+  // `deadline_due` that calls Store::ExpireDeadlines(deadline_shard, ...).
+  // Arm it at once (not after durability): an expiry is a transition of its
+  // own, ordered after this one anyway.
+  int deadline_shard = -1;
+  absl::Time deadline_due;
   std::vector<FinishedAttempt> finished_attempts;
   // The graph's trace context; set when finished_attempts or
   // terminal_graph are (the spans of what ended).
@@ -291,13 +300,23 @@ class Store {
   // Keeps the lease of a running attempt alive (fenced like Complete).
   absl::Status Heartbeat(const forge::v1::Lease& lease, absl::Time now);
 
-  // An attempt timer fired. Run timeout: the attempt fails with TIMEOUT.
-  // Heartbeat: if no heartbeat came within the heartbeat timeout, the attempt
-  // fails with LEASE_LOST, else the timer is re-armed. Both push a cancel to
-  // the executor and follow the retry policy. Schedule-to-start: a task still
-  // waiting in the same READY period fails with SCHEDULE_TIMEOUT (not
-  // retried). No effect if the attempt or READY period is over.
+  // A schedule-to-start timer fired: a task still waiting in the same READY
+  // period fails with SCHEDULE_TIMEOUT (not retried). No effect if that
+  // READY period is over.
   Effects AttemptTimerDue(const AttemptTimer& timer, absl::Time now);
+
+  // A shard's deadline timer (Effects::deadline_shard) fired for `armed`:
+  // attempts past their run timeout fail with TIMEOUT, those with no
+  // heartbeat within the heartbeat timeout with LEASE_LOST (both push a
+  // cancel to the executor and follow the retry policy); one Effects per
+  // expired attempt. `rearm`: the next timer to arm (InfiniteFuture: none).
+  struct DeadlineSweep {
+    std::vector<Effects> effects;
+    absl::Time rearm = absl::InfiniteFuture();
+  };
+  DeadlineSweep ExpireDeadlines(int shard, absl::Time armed, absl::Time now);
+  // Attempt deadlines held (tests: they do not outlive their attempts).
+  size_t deadlines_held() const;
 
   // A retry backoff ended: READY (backing off) -> queued again, with a
   // TASK_READY event. No effect if the task moved on since.
@@ -337,11 +356,34 @@ class Store {
  private:
   struct TaskRuntime;
   struct GraphRecord;
+  // The run-timeout and heartbeat deadlines of the shard's running
+  // attempts, in due order: an entry is added when an attempt starts and
+  // removed when it ends, so only live attempts cost anything (a timer per
+  // attempt would linger until its 600 s default ran out). The engine keeps
+  // one timer-service timer per shard, for the earliest entry.
+  struct Deadline {
+    enum Kind : int32_t { kRun = 0, kHeartbeat = 1 };
+    absl::Time due;
+    const GraphRecord* graph = nullptr;
+    int32_t index = 0;
+    int32_t kind = kRun;
+    bool operator<(const Deadline& o) const {
+      return std::tie(due, graph, index, kind) < std::tie(o.due, o.graph, o.index, o.kind);
+    }
+  };
+  struct DeadlineIndex {
+    int shard = 0;
+    absl::btree_set<Deadline> set;
+    // Due time of the earliest timer the engine was asked to arm and that
+    // has not fired yet (InfiniteFuture: none).
+    absl::Time armed = absl::InfiniteFuture();
+  };
   struct Shard {
     mutable absl::Mutex mu;
     absl::btree_map<std::string, std::unique_ptr<GraphRecord>> graphs
         ABSL_GUARDED_BY(mu);
     absl::BitGen rng ABSL_GUARDED_BY(mu);
+    DeadlineIndex deadlines ABSL_GUARDED_BY(mu);
   };
   struct RequestEntry {
     std::string graph_id;

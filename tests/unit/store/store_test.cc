@@ -1432,3 +1432,80 @@ TEST(StoreConcurrencyTest,
 
 }  // namespace
 }  // namespace forge::store
+
+// ---------------------------------------------------------------------------
+// Attempt deadlines (run timeout, heartbeat expiry)
+
+namespace forge::store {
+namespace {
+
+class DeadlineTest : public StoreTest {};
+
+TEST_F(DeadlineTest, AttemptDeadlinesLiveExactlyAsLongAsTheirAttempts) {
+  v1::GraphSpec spec = Spec({{"a"}, {"b"}});
+  spec.mutable_tasks(0)->mutable_timeouts()->mutable_run()->set_seconds(10);
+  spec.mutable_tasks(0)->mutable_timeouts()->mutable_heartbeat()->set_seconds(3);
+  const InsertResult g = Submit(spec);
+  EXPECT_EQ(store_->deadlines_held(), 0u);
+  // The first attempt of the shard asks for a timer at its earliest
+  // deadline (the heartbeat's); the second one's are later: no new timer.
+  const StartResult a = Start(g.graph_id, 0);
+  EXPECT_GE(a.effects.deadline_shard, 0);
+  EXPECT_EQ(a.effects.deadline_due, kNow + absl::Seconds(3));
+  const StartResult b = Start(g.graph_id, 1);
+  EXPECT_EQ(b.effects.deadline_shard, -1);
+  EXPECT_EQ(store_->deadlines_held(), 4u);  // run + heartbeat, twice
+  Done(Success(a.assignment.lease()));
+  EXPECT_EQ(store_->deadlines_held(), 2u);
+  Done(Success(b.assignment.lease()));
+  EXPECT_EQ(store_->deadlines_held(), 0u);  // nothing lingers after its attempt
+}
+
+TEST_F(DeadlineTest, RunTimeoutAndSilentWorkerExpireOthersAreLookedAtAgain) {
+  v1::GraphSpec spec = Spec({{"slow"}, {"quiet"}, {"chatty"}});
+  spec.mutable_tasks(0)->mutable_timeouts()->mutable_run()->set_seconds(5);
+  spec.mutable_tasks(0)->mutable_retry()->set_max_attempts(1);
+  for (int i : {1, 2}) {
+    spec.mutable_tasks(i)->mutable_timeouts()->mutable_heartbeat()->set_seconds(2);
+    spec.mutable_tasks(i)->mutable_retry()->set_max_attempts(1);
+  }
+  const InsertResult g = Submit(spec);
+  const StartResult slow = Start(g.graph_id, 0);
+  const StartResult quiet = Start(g.graph_id, 1);
+  const StartResult chatty = Start(g.graph_id, 2);
+  // slow's run timeout (5 s, before its default 30 s heartbeat), then
+  // quiet's heartbeat are each the shard's earliest when they start.
+  const int shard = slow.effects.deadline_shard;
+  ASSERT_GE(shard, 0);
+  EXPECT_EQ(slow.effects.deadline_due, kNow + absl::Seconds(5));
+  EXPECT_EQ(quiet.effects.deadline_due, kNow + absl::Seconds(2));
+  EXPECT_EQ(chatty.effects.deadline_shard, -1);
+  // chatty heartbeats at +1.5 s; at +2 s quiet's lease is lost, chatty's
+  // deadline moves to +3.5 s.
+  ASSERT_TRUE(store_->Heartbeat(chatty.assignment.lease(), kNow + absl::Milliseconds(1500)).ok());
+  Store::DeadlineSweep sweep =
+      store_->ExpireDeadlines(shard, kNow + absl::Seconds(2), kNow + absl::Seconds(2));
+  ASSERT_EQ(sweep.effects.size(), 1u);
+  ASSERT_EQ(sweep.effects[0].cancels.size(), 1u);
+  EXPECT_EQ(LeaseString(sweep.effects[0].cancels[0].lease),
+            LeaseString(quiet.assignment.lease()));
+  EXPECT_EQ(Task(g.graph_id, "quiet").error().code(), "LEASE_LOST");
+  EXPECT_EQ(Task(g.graph_id, "chatty").state(), v1::RUNNING);
+  EXPECT_EQ(sweep.rearm, kNow + absl::Milliseconds(3500));
+  // A stale timer (not the armed one) finds nothing due and arms nothing.
+  sweep = store_->ExpireDeadlines(shard, kNow + absl::Seconds(1), kNow + absl::Seconds(2));
+  EXPECT_TRUE(sweep.effects.empty());
+  EXPECT_EQ(sweep.rearm, absl::InfiniteFuture());
+  Done(Success(chatty.assignment.lease()));
+  // slow's run timeout.
+  sweep = store_->ExpireDeadlines(shard, kNow + absl::Milliseconds(3500),
+                                  kNow + absl::Seconds(5));
+  ASSERT_EQ(sweep.effects.size(), 1u);
+  EXPECT_EQ(Task(g.graph_id, "slow").error().code(), "TIMEOUT");
+  EXPECT_EQ(Task(g.graph_id, "slow").state(), v1::FAILED);
+  EXPECT_EQ(store_->deadlines_held(), 0u);
+  EXPECT_EQ(sweep.rearm, absl::InfiniteFuture());
+}
+
+}  // namespace
+}  // namespace forge::store
