@@ -12,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/synchronization/mutex.h"
+#include "common/flag_names.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -49,24 +50,6 @@ ABSL_FLAG(std::string, log_level, "info",
           "task and per worker message)");
 
 namespace {
-
-// Flags are spelled with dashes (--metrics-listen); absl's names use
-// underscores. Both spellings are accepted.
-std::vector<char*> NormalizeFlags(int argc, char** argv,
-                                  std::vector<std::string>& storage) {
-  storage.reserve(argc);
-  std::vector<char*> out;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i > 0 && arg.rfind("--", 0) == 0) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      std::replace(arg.begin() + 2, arg.begin() + end, '-', '_');
-    }
-    storage.push_back(std::move(arg));
-  }
-  for (std::string& a : storage) out.push_back(a.data());
-  return out;
-}
 
 // Configures logging from --log-format and --log-level; false (after saying
 // why on stderr, naming the flag) if one is not valid.
@@ -106,7 +89,7 @@ int main(int argc, char** argv) {
   // the same code in-process, and under TSan); the server does without.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   std::vector<std::string> storage;
-  std::vector<char*> args = NormalizeFlags(argc, argv, storage);
+  std::vector<char*> args = forge::NormalizeFlagNames(argc, argv, storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (!ConfigureLogging()) return 2;
 

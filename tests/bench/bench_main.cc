@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/flag_names.h"
 #include "tests/bench/child_process.h"
 #include "tests/bench/report.h"
 #include "tests/bench/workloads.h"
@@ -68,7 +69,9 @@ int main(int argc, char** argv) {
   // Abseil has deadlock detection on); the tests keep it.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage("forge-bench [--workloads W1,...] [--repeat N] [--json]");
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> storage;
+  std::vector<char*> args = forge::NormalizeFlagNames(argc, argv, storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   using forge::bench::BenchOptions;
   BenchOptions o;
   o.server = absl::GetFlag(FLAGS_server);

@@ -42,12 +42,17 @@ class ChildProcess {
   int Terminate(absl::Duration grace = absl::Seconds(10));
   // Resident set size in bytes (from /proc/PID/status), or -1.
   int64_t RssBytes() const;
+  // CPU time used so far, user + system (from /proc/PID/stat), or -1.
+  double CpuSeconds() const;
 
  private:
   pid_t pid_ = -1;
   int err_fd_ = -1;
   std::string ready_line_;
 };
+
+// CPU time this process has used, user + system.
+double SelfCpuSeconds();
 
 // The directory of the running executable (to find forged beside it).
 std::string ExecutableDir();

@@ -192,6 +192,8 @@ absl::Status RunW1(const BenchOptions& o, std::vector<Figure>* out) {
   absl::Mutex mu;
   absl::Status first_error;
   const absl::Time start = absl::Now();
+  const double forged_cpu0 = env->forged() ? env->forged()->CpuSeconds() : -1;
+  const double self_cpu0 = SelfCpuSeconds();
   std::vector<std::thread> threads;
   for (int t = 0; t < o.submitters; ++t) {
     threads.emplace_back([&] {
@@ -214,6 +216,13 @@ absl::Status RunW1(const BenchOptions& o, std::vector<Figure>* out) {
   const double n = static_cast<double>(graphs * o.graph_tasks);
   out->push_back({"W1", "end_to_end", "tasks/s", n / Seconds(end - start)});
   out->push_back({"W1", "submit_phase", "tasks/s", n / Seconds(submitted - start)});
+  // Where the CPU went: forged's, and this process's (submitters and, with
+  // in-process workers, the workers).
+  if (forged_cpu0 >= 0) {
+    out->push_back({"W1", "forged_cpu_per_task", "us",
+                    (env->forged()->CpuSeconds() - forged_cpu0) * 1e6 / n});
+  }
+  out->push_back({"W1", "client_cpu_per_task", "us", (SelfCpuSeconds() - self_cpu0) * 1e6 / n});
   return absl::OkStatus();
 }
 
