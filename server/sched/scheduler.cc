@@ -78,8 +78,7 @@ void Scheduler::Enqueue(const std::string& queue, QueuedTask task) {
   const bool keyed =
       strict || (q.config.mode == OrderingMode::kPerKey && !task.ordering_key.empty());
   if (!keyed) {
-    q.heap.push_back(std::move(task));
-    std::push_heap(q.heap.begin(), q.heap.end(), Later{});
+    q.free.push(std::move(task));
     return;
   }
   // strict keeps every task under one key: one at a time, in READY order.
@@ -122,13 +121,13 @@ std::optional<Match> Scheduler::Take(const std::string& queue) {
   if (q.config.concurrency > 0 && q.running >= q.config.concurrency) {
     return std::nullopt;
   }
-  // The best eligible task: the free heap's top or the best key head.
-  const bool has_free = !q.heap.empty();
+  // The best eligible task: the best free task or the best key head.
+  const bool has_free = !q.free.empty();
   const bool has_head = !q.heads.empty();
   if (!has_free && !has_head) return std::nullopt;
   bool from_key = has_head;
   if (has_free && has_head) {
-    const QueuedTask& f = q.heap.front();
+    const QueuedTask& f = q.free.front();
     const Head& h = *q.heads.begin();
     from_key = h.priority != f.priority ? h.priority > f.priority
                                         : h.ready_seq < f.ready_seq;
@@ -155,9 +154,7 @@ std::optional<Match> Scheduler::Take(const std::string& queue) {
     RefreshHead(q, key);
     ticket.key = key;
   } else {
-    std::pop_heap(q.heap.begin(), q.heap.end(), Later{});
-    m.task = std::move(q.heap.back());
-    q.heap.pop_back();
+    m.task = q.free.pop();
   }
   --q.depth;
   ++q.running;

@@ -21,7 +21,10 @@
 // lock.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -156,12 +159,58 @@ class Scheduler {
   std::vector<ExecutorStats> Executors() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  struct Later {
-    // Heap order: lower priority or later ready_seq sinks.
-    bool operator()(const QueuedTask& a, const QueuedTask& b) const {
-      if (a.priority != b.priority) return a.priority < b.priority;
-      return a.ready_seq > b.ready_seq;
+  // Tasks free of key constraints: FIFO (by ready_seq) per priority, best
+  // priority first. Push and pop are O(1) in the usual case (tasks arrive
+  // nearly in READY order), where a binary heap of tasks moved their
+  // strings log(n) times per operation.
+  class FreeTasks {
+   public:
+    bool empty() const { return by_priority_.empty(); }
+    const QueuedTask& front() const { return by_priority_.begin()->second.front(); }
+    void push(QueuedTask task) { by_priority_[task.priority].push(std::move(task)); }
+    QueuedTask pop() {
+      auto it = by_priority_.begin();
+      QueuedTask t = it->second.pop();
+      if (it->second.empty()) by_priority_.erase(it);
+      return t;
     }
+
+   private:
+    // One priority's tasks in READY order: a vector consumed from the front
+    // (a deque would allocate a block every few tasks).
+    class Fifo {
+     public:
+      bool empty() const { return head_ == items_.size(); }
+      const QueuedTask& front() const { return items_[head_]; }
+      void push(QueuedTask task) {
+        // Effects are applied in any order across threads: keep READY order
+        // (nearly always an append).
+        if (empty() || items_.back().ready_seq < task.ready_seq) {
+          items_.push_back(std::move(task));
+          return;
+        }
+        auto at = std::upper_bound(
+            items_.begin() + static_cast<std::ptrdiff_t>(head_), items_.end(), task,
+            [](const QueuedTask& a, const QueuedTask& b) { return a.ready_seq < b.ready_seq; });
+        items_.insert(at, std::move(task));
+      }
+      QueuedTask pop() {
+        QueuedTask t = std::move(items_[head_++]);
+        if (head_ == items_.size()) {
+          items_.clear();
+          head_ = 0;
+        } else if (head_ >= 1024 && head_ * 2 >= items_.size()) {
+          items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+          head_ = 0;
+        }
+        return t;
+      }
+
+     private:
+      std::vector<QueuedTask> items_;
+      size_t head_ = 0;
+    };
+    std::map<int32_t, Fifo, std::greater<int32_t>> by_priority_;
   };
   struct BySeq {
     bool operator()(const QueuedTask& a, const QueuedTask& b) const {
@@ -192,7 +241,7 @@ class Scheduler {
   struct Queue {
     QueueConfig config;
     // Tasks free of key constraints (relaxed, or per_key without a key).
-    std::vector<QueuedTask> heap;  // std::push_heap with Later
+    FreeTasks free;
     // Keyed tasks (per_key; strict keeps all its tasks under one key).
     absl::flat_hash_map<std::string, KeyState> keys;
     std::set<Head> heads;
