@@ -881,6 +881,7 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
   shard.graphs.emplace(id, std::move(g));
   graph_count_.fetch_add(1, std::memory_order_relaxed);
   Transition tx(*this, rg, shard.rng, shard.deadlines, now, fx);
+  fx.ready.reserve(rg.counts.ready());
   for (int32_t i = 0; i < n; ++i) {
     TaskRuntime& t = rg.tasks[i];
     const v1::TaskSpec& spec = rg.spec.tasks(i);
@@ -906,9 +907,12 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
       }
     }
   }
-  // The queues take the restored READY tasks in their old order.
-  std::sort(fx.ready.begin(), fx.ready.end(),
-            [](const ReadyTask& a, const ReadyTask& b) { return a.ready_seq < b.ready_seq; });
+  // The queues take the restored READY tasks in their old order (already
+  // so, usually: a graph's tasks become READY mostly in index order).
+  auto by_seq = [](const ReadyTask& a, const ReadyTask& b) { return a.ready_seq < b.ready_seq; };
+  if (!std::is_sorted(fx.ready.begin(), fx.ready.end(), by_seq)) {
+    std::sort(fx.ready.begin(), fx.ready.end(), by_seq);
+  }
   tx.Drain();  // finishes a graph whose last transition was its last task's
   tx.Seal();
   return std::move(fx);
