@@ -211,7 +211,7 @@ class WorkerCore {
     return stopping_ || !queue_.empty();
   }
   bool ControlHasWorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stopping_ || (stream_ != nullptr && stream_done_);
+    return stopping_ || (stream_ != nullptr && stream_done_) || started_recheck_;
   }
 
   const WorkerOptions options_;
@@ -258,6 +258,11 @@ class WorkerCore {
   // the latest progress per live task, one heartbeat.
   std::vector<v1::TaskResult> pending_results_ ABSL_GUARDED_BY(mu_);
   std::vector<v1::Lease> pending_started_ ABSL_GUARDED_BY(mu_);
+  // When the control thread sends pending_started_ if no other write took
+  // them first (InfiniteFuture: nothing waits); started_recheck_ makes it
+  // look at that deadline.
+  absl::Time started_flush_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  bool started_recheck_ ABSL_GUARDED_BY(mu_) = false;
   // This worker's spans (options_.otlp_endpoint); set by Start().
   std::unique_ptr<otlp::SpanExporter> spans_;
   absl::flat_hash_map<std::string, v1::TaskProgress> pending_progress_
@@ -407,10 +412,12 @@ void WorkerCore::ControlLoop() {
   absl::Time next_heartbeat = absl::InfiniteFuture();
   for (;;) {
     mu_.Lock();
+    started_recheck_ = false;
     const absl::Time deadline =
-        stream_ == nullptr ? reconnect_at : next_heartbeat;
+        stream_ == nullptr ? reconnect_at : std::min(next_heartbeat, started_flush_at_);
     mu_.AwaitWithDeadline(
         absl::Condition(this, &WorkerCore::ControlHasWorkLocked), deadline);
+    started_recheck_ = false;
 
     if (stopping_) {
       Stream* stream = stream_.get();
@@ -468,6 +475,16 @@ void WorkerCore::ControlLoop() {
       continue;
     }
 
+    if (stream_ != nullptr && now >= started_flush_at_) {
+      // Starts nobody sent yet. A write in flight takes them when it is
+      // done (OnWriteDone builds the next message), so nothing waits here.
+      started_flush_at_ = absl::InfiniteFuture();
+      const StreamOp op = NextOpLocked();
+      mu_.Unlock();
+      Perform(op);
+      continue;
+    }
+
     if (stream_ != nullptr && now >= next_heartbeat) {
       heartbeat_due_ = true;
       const StreamOp op = NextOpLocked();
@@ -516,6 +533,7 @@ bool WorkerCore::BuildMessageLocked(v1::WorkerMessage* msg) {
   msg->Clear();
   for (v1::Lease& lease : pending_started_) *msg->add_started() = std::move(lease);
   pending_started_.clear();
+  started_flush_at_ = absl::InfiniteFuture();
   size_t bytes = 0;
   size_t taken = 0;
   for (; taken < pending_results_.size(); ++taken) {
@@ -546,6 +564,7 @@ void WorkerCore::ForgetStreamLocked(const std::string& reason) {
   queue_.clear();
   pending_results_.clear();
   pending_started_.clear();
+  started_flush_at_ = absl::InfiniteFuture();
   pending_progress_.clear();
   heartbeat_due_ = false;
   worker_id_.clear();
@@ -642,7 +661,15 @@ void WorkerCore::HandlerLoop() {
       queue_.pop_front();
       if (options_.report_started && task->generation == generation_ && !closing_) {
         pending_started_.push_back(task->assignment.lease());
-        op = NextOpLocked();
+        if (options_.started_report_delay <= absl::ZeroDuration()) {
+          op = NextOpLocked();
+        } else if (started_flush_at_ == absl::InfiniteFuture()) {
+          // A handler that ends sooner sends its start with its result (one
+          // message, no write to wait for); a longer one's start goes out
+          // from the control thread at the deadline.
+          started_flush_at_ = absl::Now() + options_.started_report_delay;
+          started_recheck_ = true;
+        }
       }
     }
     Perform(op);

@@ -83,8 +83,11 @@ struct WorkerOptions {
   // Stop(), with its status, before any reconnect. Must not call Stop().
   std::function<void(const absl::Status& status)> on_disconnect;
   // Tell the server when a handler begins an attempt (the "pickup" stage of
-  // its metrics). The report rides with the next write.
+  // its metrics). A handler that returns within started_report_delay sends
+  // its start with its result (one message); a longer one's start is sent
+  // at that delay (or sooner, with any other message). Zero: at once.
   bool report_started = true;
+  absl::Duration started_report_delay = absl::Milliseconds(1);
   // OTLP/HTTP collector (http://host:4318) for this worker's own spans: one
   // per attempt ("forge.worker.handle"), a child of the attempt's span from
   // the assignment's traceparent, so it joins the graph's trace. Empty: none.

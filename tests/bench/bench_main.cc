@@ -35,6 +35,8 @@ ABSL_FLAG(int64_t, tasks, 100000, "W1: independent tasks per run");
 ABSL_FLAG(int, graph_tasks, 1000, "W1: tasks per submitted graph");
 ABSL_FLAG(int, workers, 2, "Workers per run");
 ABSL_FLAG(int, slots, 256, "Slots per worker");
+ABSL_FLAG(bool, report_started, true,
+          "In-process workers report when they begin an attempt (the pickup stage)");
 ABSL_FLAG(int, worker_procs, 0,
           "Non-zero: workers are forge-worker processes, not in-process workers");
 ABSL_FLAG(double, rate, 1000, "W6: submits per second");
@@ -82,6 +84,7 @@ int main(int argc, char** argv) {
   o.workers = absl::GetFlag(FLAGS_workers);
   o.slots = absl::GetFlag(FLAGS_slots);
   o.worker_procs = absl::GetFlag(FLAGS_worker_procs);
+  o.report_started = absl::GetFlag(FLAGS_report_started);
   o.rate = absl::GetFlag(FLAGS_rate);
   o.watchers = absl::GetFlag(FLAGS_watchers);
   o.big_tasks = absl::GetFlag(FLAGS_big_tasks);

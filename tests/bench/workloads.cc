@@ -122,6 +122,7 @@ class Env {
       wo.queues = {queue};
       wo.slots = o_.slots;
       wo.reconnect = false;
+      wo.report_started = o_.report_started;
       auto connected = std::make_shared<absl::Notification>();
       wo.on_welcome = [connected](const std::string&) {
         if (!connected->HasBeenNotified()) connected->Notify();

@@ -21,6 +21,7 @@ struct BenchOptions {
   int worker_procs = 0;  // > 0: forge-worker processes instead of in-process
   int workers = 2;
   int slots = 256;
+  bool report_started = true;  // in-process workers send WorkerMessage.started
   std::string work_dir;
   // Sizes.
   int64_t tasks = 100000;  // W1
