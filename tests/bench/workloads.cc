@@ -399,6 +399,7 @@ class Watcher final : public grpc::ClientReadReactor<v1::WatchResponse> {
   void OnReadDone(bool ok) override {
     if (!ok) return;
     const absl::Time now = absl::Now();
+    int64_t seen = 0;
     {
       absl::MutexLock lock(&mu_);
       for (const v1::Event& e : msg_.events()) {
@@ -410,8 +411,9 @@ class Watcher final : public grpc::ClientReadReactor<v1::WatchResponse> {
           lags_ms_.push_back(absl::ToDoubleMilliseconds(now - made));
         }
       }
+      seen = events_;
     }
-    if (stalled_ && events_ > 0) return;  // stops reading: the server must cope
+    if (stalled_ && seen > 0) return;  // stops reading: the server must cope
     StartRead(&msg_);
   }
   void OnDone(const grpc::Status& s) override {
