@@ -65,7 +65,7 @@ absl::Status Engine::Admit() const {
   return absl::OkStatus();
 }
 
-void Engine::Submit(const v1::SubmitGraphRequest& request,
+void Engine::Submit(v1::SubmitGraphRequest request,
                     Done<v1::SubmitGraphResponse> done,
                     const std::string& traceparent) {
   std::optional<TraceContext> caller;
@@ -140,7 +140,7 @@ void Engine::Submit(const v1::SubmitGraphRequest& request,
                         request.graph().labels().end()})
       .IgnoreError();
   absl::StatusOr<store::InsertResult> inserted =
-      store_.Insert(id, request.request_id(), request.graph(),
+      store_.Insert(id, request.request_id(), std::move(*request.mutable_graph()),
                     *std::move(compiled), now,
                     caller ? caller->trace_id : std::string(),
                     caller ? caller->span_id : std::string());

@@ -111,7 +111,9 @@ class Engine {
   // spec; nothing is created then.
   // `traceparent`: the caller's W3C trace context (gRPC metadata); the
   // graph joins that trace (else it starts one). Ignored if malformed.
-  void Submit(const forge::v1::SubmitGraphRequest& request,
+  // `request` is taken by value: a caller that can give it up (the RPC
+  // handler) moves it in, and a 1,000,000-task spec is not copied.
+  void Submit(forge::v1::SubmitGraphRequest request,
               Done<forge::v1::SubmitGraphResponse> done,
               const std::string& traceparent = "");
   void CancelGraph(const forge::v1::CancelGraphRequest& request,

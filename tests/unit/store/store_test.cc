@@ -1509,3 +1509,23 @@ TEST_F(DeadlineTest, RunTimeoutAndSilentWorkerExpireOthersAreLookedAtAgain) {
 
 }  // namespace
 }  // namespace forge::store
+
+namespace forge::store {
+namespace {
+
+TEST_F(StoreTest, ReadsGiveBackTheSubmittedDependencyNames) {
+  // The store keeps dependencies as indices once compiled; reads name them
+  // again, in the submitted order, and a list with a repeat is kept as is.
+  v1::GraphSpec spec = Spec({{"a"}, {"b"}, {"c", {"b", "a"}}, {"d", {"a", "a", "c"}}});
+  const InsertResult g = Submit(spec);
+  const v1::Graph got = Get(g.graph_id);
+  ASSERT_EQ(got.tasks_size(), 4);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_THAT(got.tasks(i).spec().depends_on(),
+                ElementsAreArray(spec.tasks(i).depends_on()))
+        << spec.tasks(i).name();
+  }
+}
+
+}  // namespace
+}  // namespace forge::store
