@@ -8,12 +8,6 @@
 //   - no graph is stuck: all of them finish, each task with exactly one
 //     successful attempt, each graph's events dense from 1.
 // Rounds: FORGE_CHAOS_ROUNDS (default 20).
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -32,8 +26,6 @@
 #include "forge/v1/orchestrator.grpc.pb.h"
 #include "forge/v1/worker.grpc.pb.h"
 #include "tests/bench/child_process.h"
-
-extern char** environ;
 
 namespace forge {
 namespace {
