@@ -545,23 +545,21 @@ void Engine::ExportSpans(const store::Effects& fx) {
       attempt.status_message = a.error_message;
       if (!a.error_code.empty()) attr(attempt, "error.type", a.error_code);
     }
-    otlp::Span wait;
-    wait.trace_id = fx.trace_id;
-    wait.span_id = DeriveSpanId(absl::StrCat("queue_wait/", attempt.span_id));
-    wait.parent_span_id = attempt.span_id;
-    wait.name = "forge.task.queue_wait";
-    wait.start = a.ready_at;
-    wait.end = a.dispatched_at;
-    attr(wait, "forge.graph.id", fx.graph_id);
+    // The attempt's two parts, children of its span.
+    auto part = [&](const char* name, absl::Time start, absl::Time end) {
+      otlp::Span p;
+      p.trace_id = fx.trace_id;
+      p.span_id = DeriveSpanId(absl::StrCat(name, "/", attempt.span_id));
+      p.parent_span_id = attempt.span_id;
+      p.name = name;
+      p.start = start;
+      p.end = end;
+      attr(p, "forge.graph.id", fx.graph_id);
+      return p;
+    };
+    otlp::Span wait = part("forge.task.queue_wait", a.ready_at, a.dispatched_at);
     attr(wait, "forge.queue", a.queue);
-    otlp::Span run;
-    run.trace_id = fx.trace_id;
-    run.span_id = DeriveSpanId(absl::StrCat("run/", attempt.span_id));
-    run.parent_span_id = attempt.span_id;
-    run.name = "forge.task.run";
-    run.start = a.dispatched_at;
-    run.end = a.finished_at;
-    attr(run, "forge.graph.id", fx.graph_id);
+    otlp::Span run = part("forge.task.run", a.dispatched_at, a.finished_at);
     attr(run, "forge.worker.id", a.worker_id);
     if (a.picked_up_at != absl::InfinitePast()) {
       attr(run, "forge.task.pickup_seconds",

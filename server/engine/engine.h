@@ -192,7 +192,10 @@ class Engine {
 
   // Traces: spans of graphs, attempts (queue wait, run) and submits go to
   // `exporter` (null: none). Set before serving; it must outlive the engine.
-  void SetSpanExporter(otlp::SpanExporter* exporter) { spans_ = exporter; }
+  void SetSpanExporter(otlp::SpanExporter* exporter) {
+    spans_ = exporter;
+    store_.SetAttemptDetails(exporter != nullptr);
+  }
 
   // --- Introspection ---------------------------------------------------------
   const obs::TaskMetrics& task_metrics() const { return task_metrics_; }

@@ -314,17 +314,7 @@ class Store::Transition {
   }
 
   // The attempt of task i is over: its deadlines go.
-  void ClearDeadlines(int32_t i) {
-    TaskRuntime& t = g_.tasks[i];
-    if (t.run_due != absl::InfiniteFuture()) {
-      deadlines_.set.erase(Deadline{t.run_due, &g_, i, Deadline::kRun});
-      t.run_due = absl::InfiniteFuture();
-    }
-    if (t.heartbeat_due != absl::InfiniteFuture()) {
-      deadlines_.set.erase(Deadline{t.heartbeat_due, &g_, i, Deadline::kHeartbeat});
-      t.heartbeat_due = absl::InfiniteFuture();
-    }
-  }
+  void ClearDeadlines(int32_t i) { EraseDeadlines(deadlines_, g_, i); }
 
   // PENDING (or a finished backoff) -> READY, queued.
   void MakeReady(int32_t i) {
@@ -348,7 +338,6 @@ class Store::Transition {
     }
     if (spec.timeouts().has_schedule_to_start()) {
       AttemptTimer& timer = fx_.attempt_timers.emplace_back();
-      timer.kind = AttemptTimer::kScheduleToStart;
       timer.graph_id = g_.id;
       timer.index = i;
       timer.ready_seq = t.ready_seq;
@@ -485,16 +474,19 @@ class Store::Transition {
     FinishedAttempt& f = fx_.finished_attempts.emplace_back();
     const v1::TaskSpec& spec = g_.spec.tasks(i);
     f.queue = QueueOf(spec);
-    f.task = spec.name();
     f.index = i;
     f.attempt = t.attempt;
-    f.worker_id = t.worker_id;
     f.ready_at = t.ready_at;
     f.dispatched_at = t.started_at;
     f.picked_up_at = t.picked_up_at;
     f.finished_at = now_;
     f.outcome = outcome;
     f.retrying = retrying;
+    // Names and messages are for spans only: not copied on the hot path
+    // when nothing traces.
+    if (!store_.attempt_details_.load(std::memory_order_relaxed)) return;
+    f.task = spec.name();
+    f.worker_id = t.worker_id;
     if (outcome == v1::CANCELLED) {
       f.error_message = cancel_reason;
     } else if (outcome != v1::SUCCEEDED && t.error) {
@@ -583,6 +575,18 @@ class Store::Transition {
   std::vector<int32_t> dirty_;
   bool sealed_ = false;
 };
+
+void Store::EraseDeadlines(DeadlineIndex& index, GraphRecord& g, int32_t i) {
+  TaskRuntime& t = g.tasks[i];
+  if (t.run_due != absl::InfiniteFuture()) {
+    index.set.erase(Deadline{t.run_due, &g, i, Deadline::kRun});
+    t.run_due = absl::InfiniteFuture();
+  }
+  if (t.heartbeat_due != absl::InfiniteFuture()) {
+    index.set.erase(Deadline{t.heartbeat_due, &g, i, Deadline::kHeartbeat});
+    t.heartbeat_due = absl::InfiniteFuture();
+  }
+}
 
 Store::Store(StoreOptions options, persist::Journal* journal)
     : options_(std::move(options)), journal_(journal) {
@@ -792,15 +796,9 @@ absl::StatusOr<Effects> Store::Erase(const std::string& graph_id) {
   }
   // A graph erased with attempts still running (a submit that never became
   // durable cannot have any; this is for safety): their deadlines go too.
-  const GraphRecord* g = it->second.get();
-  for (int32_t i = 0; i < static_cast<int32_t>(g->tasks.size()); ++i) {
-    const TaskRuntime& t = g->tasks[i];
-    if (t.run_due != absl::InfiniteFuture()) {
-      shard.deadlines.set.erase(Deadline{t.run_due, g, i, Deadline::kRun});
-    }
-    if (t.heartbeat_due != absl::InfiniteFuture()) {
-      shard.deadlines.set.erase(Deadline{t.heartbeat_due, g, i, Deadline::kHeartbeat});
-    }
+  GraphRecord& g = *it->second;
+  for (int32_t i = 0; i < static_cast<int32_t>(g.tasks.size()); ++i) {
+    EraseDeadlines(shard.deadlines, g, i);
   }
   shard.graphs.erase(it);
   graph_count_.fetch_sub(1, std::memory_order_relaxed);
@@ -915,7 +913,6 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
       r.ready_seq = t.ready_seq;
       if (spec.timeouts().has_schedule_to_start()) {
         AttemptTimer& timer = fx.attempt_timers.emplace_back();
-        timer.kind = AttemptTimer::kScheduleToStart;
         timer.graph_id = id;
         timer.index = i;
         timer.ready_seq = t.ready_seq;
@@ -1118,26 +1115,19 @@ Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
   const int32_t i = timer.index;
   TaskRuntime& t = g.tasks[i];
   const v1::TaskSpec& spec = g.spec.tasks(i);
-  Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
-  switch (timer.kind) {
-    case AttemptTimer::kScheduleToStart:
-      if (t.state != v1::READY || t.backing_off || t.ready_seq != timer.ready_seq) {
-        return fx;  // started (or finished) in time
-      }
-      t.error = std::make_unique<v1::TaskError>();
-      t.error->set_code("SCHEDULE_TIMEOUT");
-      t.error->set_message(absl::StrCat(
-          "no executor took the task within ",
-          absl::FormatDuration(FromProto(spec.timeouts().schedule_to_start()))));
-      t.error->set_non_retryable(true);
-      tx.Terminate(i, v1::FAILED, t.error->message());
-      tx.Drain();
-      tx.Seal();
-      return fx;
-    case AttemptTimer::kRun:
-    case AttemptTimer::kHeartbeat:
-      break;  // kept in the deadline index (ExpireDeadlines)
+  if (t.state != v1::READY || t.backing_off || t.ready_seq != timer.ready_seq) {
+    return fx;  // started (or finished) in time
   }
+  Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
+  t.error = std::make_unique<v1::TaskError>();
+  t.error->set_code("SCHEDULE_TIMEOUT");
+  t.error->set_message(absl::StrCat(
+      "no executor took the task within ",
+      absl::FormatDuration(FromProto(spec.timeouts().schedule_to_start()))));
+  t.error->set_non_retryable(true);
+  tx.Terminate(i, v1::FAILED, t.error->message());
+  tx.Drain();
+  tx.Seal();
   return fx;
 }
 
@@ -1161,6 +1151,7 @@ Store::DeadlineSweep Store::ExpireDeadlines(int shard_index, absl::Time armed,
       t.heartbeat_due = absl::InfiniteFuture();
     }
     if (t.state != v1::RUNNING) continue;
+    std::string code, message;
     if (e.kind == Deadline::kHeartbeat) {
       const absl::Duration hb = spec.timeouts().has_heartbeat()
                                     ? FromProto(spec.timeouts().heartbeat())
@@ -1172,22 +1163,19 @@ Store::DeadlineSweep Store::ExpireDeadlines(int shard_index, absl::Time armed,
         index.set.insert(Deadline{expires, &g, e.index, Deadline::kHeartbeat});
         continue;
       }
-      Effects& fx = sweep.effects.emplace_back();
-      Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
-      tx.ExpireAttempt(e.index, "LEASE_LOST",
-                       absl::StrCat("no heartbeat from ", t.worker_id, " for ",
-                                    absl::FormatDuration(hb)));
-      tx.Seal();
-      continue;
+      code = "LEASE_LOST";
+      message = absl::StrCat("no heartbeat from ", t.worker_id, " for ",
+                             absl::FormatDuration(hb));
+    } else {
+      const absl::Duration run = spec.timeouts().has_run()
+                                     ? FromProto(spec.timeouts().run())
+                                     : d.run_timeout;
+      code = "TIMEOUT";
+      message = absl::StrCat("run timeout of ", absl::FormatDuration(run), " exceeded");
     }
-    const absl::Duration run = spec.timeouts().has_run()
-                                   ? FromProto(spec.timeouts().run())
-                                   : d.run_timeout;
     Effects& fx = sweep.effects.emplace_back();
     Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
-    tx.ExpireAttempt(e.index, "TIMEOUT",
-                     absl::StrCat("run timeout of ", absl::FormatDuration(run),
-                                  " exceeded"));
+    tx.ExpireAttempt(e.index, code, message);
     tx.Seal();
   }
   // The transitions above may have asked for timers of their own (a retry

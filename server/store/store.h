@@ -69,6 +69,7 @@ struct ReadyTask {
 // An attempt that ended in this transition (metrics and traces).
 struct FinishedAttempt {
   std::string queue;
+  // task, worker_id, error_*: only with Store::SetAttemptDetails(true).
   std::string task;
   int32_t index = 0;
   int32_t attempt = 0;
@@ -96,18 +97,14 @@ struct RetryTimer {
   absl::Time due;
 };
 
-// A deadline of one READY period (schedule-to-start), armed on the timer
+// The schedule-to-start deadline of one READY period, armed on the timer
 // service. Fenced when it fires: a timer of a READY period that is over does
 // nothing. (Run timeouts and heartbeat expiry live in the shard's deadline
 // index instead; see Store::ExpireDeadlines.)
 struct AttemptTimer {
-  enum Kind { kRun, kHeartbeat, kScheduleToStart };
-  Kind kind = kRun;
   std::string graph_id;
   int32_t index = 0;
-  int32_t attempt = 0;     // kRun, kHeartbeat
-  uint64_t epoch = 0;      // kRun, kHeartbeat
-  uint64_t ready_seq = 0;  // kScheduleToStart
+  uint64_t ready_seq = 0;  // the READY period it guards
   absl::Time due;
 };
 
@@ -353,6 +350,10 @@ class Store {
   // Number of graphs held (all states).
   int64_t graph_count() const;
 
+  // FinishedAttempt carries its task name, worker id and error (for spans)
+  // only when asked for (the engine does when it traces).
+  void SetAttemptDetails(bool on) { attempt_details_.store(on, std::memory_order_relaxed); }
+
  private:
   struct TaskRuntime;
   struct GraphRecord;
@@ -392,6 +393,8 @@ class Store {
   };
 
   Shard& ShardFor(const std::string& graph_id) const;
+  // Removes the deadline entries of task i's attempt (its shard lock held).
+  static void EraseDeadlines(DeadlineIndex& index, GraphRecord& g, int32_t i);
   static absl::StatusOr<GraphRecord*> FindLocked(const Shard& shard,
                                                  const std::string& graph_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
@@ -429,6 +432,7 @@ class Store {
   std::atomic<uint64_t> next_ready_seq_{1};
   std::atomic<uint64_t> next_epoch_{1};
   std::atomic<int64_t> graph_count_{0};
+  std::atomic<bool> attempt_details_{false};
 };
 
 }  // namespace forge::store
