@@ -13,17 +13,13 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- forged log"; cat "$work/forged.log" || true; exit 1; }
+. "$(dirname "$0")/../lib/port_of.sh"
 
 "$bin/forged" --listen 127.0.0.1:0 --metrics-listen "" --data-dir "$work/data" --shutdown-grace-seconds 5 \
   2>"$work/forged.log" &
-pids+=($!)
-port=""
-for _ in $(seq 1 100); do
-  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/forged.log")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || fail "forged did not start"
+forged_pid=$!
+pids+=("$forged_pid")
+port=$(port_of "$work/forged.log" '.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*' "$forged_pid" forged) || exit 1
 export FORGE_SERVER="127.0.0.1:$port"
 
 "$bin/forge-worker" --queue default --slots 2 --name w-a 2>"$work/wa.log" & pids+=($!)

@@ -19,6 +19,7 @@ cleanup() {
 trap cleanup EXIT
 log="$work/forged.log"
 fail() { echo "FAIL: $*"; echo "--- forged log"; cat "$log" 2>/dev/null || true; exit 1; }
+. "$(dirname "$0")/../lib/port_of.sh"
 
 # --- 1. bad values -------------------------------------------------------------
 for flag in --log-format --log-level; do
@@ -63,14 +64,8 @@ run() {
     --log-format json --log-level "$1" --shutdown-grace-seconds 1 2>"$log" &
   local forged_pid=$!
   pids+=("$forged_pid")
-  local port=""
-  for _ in $(seq 1 100); do
-    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log")
-    [ -n "$port" ] && break
-    kill -0 "$forged_pid" 2>/dev/null || fail "forged exited"
-    sleep 0.05
-  done
-  [ -n "$port" ] || fail "forged did not start"
+  local port
+  port=$(port_of "$log" '.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*' "$forged_pid" forged) || exit 1
   export FORGE_SERVER="127.0.0.1:$port"
   "$bin/forge-worker" --queue default --slots 1 --name w-log 2>"$work/worker.log" &
   local worker_pid=$!

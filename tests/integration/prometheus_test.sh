@@ -51,6 +51,7 @@ fail() {
   for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; } >&2; done
   exit 1
 }
+. "$(dirname "$0")/../lib/port_of.sh"
 # check WHAT CMD...: one assertion; a failure is reported and counted, and
 # the test goes on.
 failures=()
@@ -66,17 +67,6 @@ check() {
   fi
 }
 
-# port_of LOG REGEX PID WHAT: up to ~10 s for the log line giving the port.
-port_of() {
-  local port=""
-  for _ in $(seq 1 100); do
-    port=$(sed -n "s/$2/\1/p" "$1" | head -1)
-    [ -n "$port" ] && { echo "$port"; return 0; }
-    kill -0 "$3" 2>/dev/null || fail "$4 exited before it was ready"
-    sleep 0.1
-  done
-  fail "$4 not ready within 10 s"
-}
 free_port() {
   "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -87,8 +77,8 @@ free_port() {
   --shutdown-grace-seconds 1 2>"$work/forged.log" &
 forged_pid=$!
 pids+=("$forged_pid")
-port=$(port_of "$work/forged.log" '.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*' "$forged_pid" forged)
-mport=$(port_of "$work/forged.log" '.*metrics on port \([0-9][0-9]*\).*' "$forged_pid" "forged's metrics")
+port=$(port_of "$work/forged.log" '.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*' "$forged_pid" forged) || exit 1
+mport=$(port_of "$work/forged.log" '.*metrics on port \([0-9][0-9]*\).*' "$forged_pid" "forged's metrics") || exit 1
 server="127.0.0.1:$port"
 metrics_url="http://127.0.0.1:$mport/metrics"
 ctl() { "$bin/forgectl" --server "$server" "$@"; }
@@ -257,7 +247,7 @@ probe_flags=(--otlp-endpoint "http://127.0.0.1:$(free_port)")
   --shutdown-grace-seconds 0 --config "$work/probe.yaml" "${probe_flags[@]}" 2>"$work/forged-probe.log" &
 probe_pid=$!
 pids+=("$probe_pid")
-pmport=$(port_of "$work/forged-probe.log" '.*metrics on port \([0-9][0-9]*\).*' "$probe_pid" "forged (runner, OTLP)")
+pmport=$(port_of "$work/forged-probe.log" '.*metrics on port \([0-9][0-9]*\).*' "$probe_pid" "forged (runner, OTLP)") || exit 1
 curl -sf "http://127.0.0.1:$pmport/metrics" >"$work/metrics-probe.txt" || fail "cannot read the second forged's metrics"
 kill -TERM "$probe_pid" 2>/dev/null || true  # stops while the test goes on
 

@@ -23,6 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- forged log"; cat "$work/forged.log" || true; exit 1; }
+. "$(dirname "$0")/../lib/port_of.sh"
 ctl() { "$bin/forgectl" "$@"; }
 
 # alive PID: running and not a zombie.
@@ -53,14 +54,7 @@ YAML
 "$bin/forged" --listen 127.0.0.1:0 --metrics-listen "" --ephemeral \
   --config "$work/forge.yaml" --shutdown-grace-seconds 1 2>"$work/forged.log" &
 forged_pid=$!
-port=""
-for _ in $(seq 1 100); do
-  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/forged.log")
-  [ -n "$port" ] && break
-  kill -0 "$forged_pid" 2>/dev/null || fail "forged exited"
-  sleep 0.1
-done
-[ -n "$port" ] || fail "forged did not start"
+port=$(port_of "$work/forged.log" '.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*' "$forged_pid" forged) || exit 1
 export FORGE_SERVER="127.0.0.1:$port"
 
 # --- 1. 30 agent tasks, 3 agents, per_key, 5 slots --------------------------

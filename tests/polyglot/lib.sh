@@ -26,6 +26,8 @@ fail() {
   exit 1
 }
 
+. "$(dirname "$0")/../lib/port_of.sh"
+
 # wait_for_line FILE REGEX PID WHAT: up to ~10 s for REGEX to appear in FILE
 # while PID is alive.
 wait_for_line() {
@@ -69,9 +71,7 @@ start_forged() {
   "$forged" --listen 127.0.0.1:0 --metrics-listen "" --ephemeral "$@" \
     2>"$tmp/forged.log" &
   forged_pid=$!
-  wait_for_line "$tmp/forged.log" 'listening on ' "$forged_pid" forged
   local port
-  port=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$tmp/forged.log")
-  [[ -n $port ]] || fail "no port in forged's listening line"
+  port=$(port_of "$tmp/forged.log" '.*listening on [^ ]*:\([0-9][0-9]*\).*' "$forged_pid" forged) || exit 1
   server=127.0.0.1:$port
 }
