@@ -66,6 +66,9 @@ std::vector<prometheus::MetricFamily> Collect(const Sources& src) {
           "Results refused because their lease was not current.",
           c.stale_results);
   gauge("forge_graphs", "Graphs held by the store.", engine.store().graph_count());
+  gauge("forge_graphs_archived",
+        "Finished graphs of forge_graphs that left memory (read from the journal).",
+        engine.store().archived_count());
   counter("forge_events_published_total", "Events made visible to watchers.",
           bus.events_published());
   gauge("forge_watch_subscribers", "Open Watch subscriptions.", bus.subscribers());

@@ -29,6 +29,9 @@ ABSL_FLAG(std::string, data_dir, "forge-data",
           "state is recovered from it at start");
 ABSL_FLAG(absl::Duration, retention, absl::Hours(24),
           "How long finished graphs stay readable before they are deleted");
+ABSL_FLAG(absl::Duration, memory_retention, absl::Seconds(10),
+          "How long finished graphs stay in memory (durable store); after it "
+          "they are read from the data directory until --retention ends");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics address HOST:PORT (empty = none)");
 ABSL_FLAG(std::string, otlp_endpoint, "",
@@ -80,7 +83,7 @@ bool ConfigureLogging() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "forged: the Forge task-graph server.\n  forged [--listen HOST:PORT] "
-      "[--data-dir DIR | --ephemeral] [--retention 24h] [--metrics-listen HOST:PORT] [--otlp-endpoint URL] [--queue-concurrency Q=N,...] [--config FILE]\n"
+      "[--data-dir DIR | --ephemeral] [--retention 24h] [--memory-retention 10s] [--metrics-listen HOST:PORT] [--otlp-endpoint URL] [--queue-concurrency Q=N,...] [--config FILE]\n"
       "  [--log-format text|json] [--log-level debug|info|warn|error]\n"
       "Flags may be spelled with dashes or underscores.");
   // Debian's Abseil is built with Mutex deadlock detection on: every lock
@@ -113,6 +116,14 @@ int main(int argc, char** argv) {
   options.engine.limits.max_tasks = absl::GetFlag(FLAGS_max_tasks);
   options.engine.limits.max_input_bytes = absl::GetFlag(FLAGS_max_input_bytes);
   options.engine.retention = absl::GetFlag(FLAGS_retention);
+  options.engine.memory_retention = absl::GetFlag(FLAGS_memory_retention);
+  for (const auto& [flag, d] : {std::pair<const char*, absl::Duration>{"--retention", options.engine.retention},
+                                {"--memory-retention", options.engine.memory_retention}}) {
+    if (d < absl::ZeroDuration()) {
+      FORGE_LOG(ERROR, absl::StrCat(flag, ": must not be negative")).With("flag", flag);
+      return 2;
+    }
+  }
   if (!absl::GetFlag(FLAGS_ephemeral)) options.data_dir = absl::GetFlag(FLAGS_data_dir);
   if (const std::string config = absl::GetFlag(FLAGS_config); !config.empty()) {
     if (absl::Status s = forge::LoadServerConfig(config, &options); !s.ok()) {
@@ -163,6 +174,7 @@ int main(int argc, char** argv) {
           .With("store", options.data_dir)
           .With("recovered_graphs", r.graphs)
           .With("live_graphs", r.live_graphs)
+          .With("archived_graphs", r.archived_graphs)
           .With("recovered_tasks", r.tasks)
           .With("recovered_events", r.events)
           .With("restarted_attempts", r.restarted_attempts)

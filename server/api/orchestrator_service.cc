@@ -246,7 +246,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
       has_pending_ = true;
     }
     absl::StatusOr<std::shared_ptr<events::Subscription>> sub =
-        engine.bus().SubscribeGraph(gw.graph_id(), after, notify);
+        engine.SubscribeGraph(gw.graph_id(), after, notify);
     if (!sub.ok()) return sub.status();
     sub_ = *std::move(sub);
     return absl::OkStatus();

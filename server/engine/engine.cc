@@ -1,6 +1,5 @@
 #include "server/engine/engine.h"
 
-#include <limits>
 #include <map>
 #include <optional>
 #include <utility>
@@ -268,21 +267,80 @@ absl::Status Engine::WhenTerminal(const std::string& graph_id,
 
 namespace {
 
-template <typename Record>
-absl::Status ParseRecord(absl::string_view key, absl::string_view bytes,
-                         Record* out) {
-  if (!out->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::DataLossError(absl::StrCat("journal record ", key, " does not parse"));
+// The event log of a graph that has left memory, read from the journal a
+// batch at a time. The graph is finished: everything is there at once, so
+// notify is never needed (the consumer calls Next() until the end), there
+// is no lag and nothing to cut off.
+class ArchivedLog final : public events::Subscription {
+ public:
+  ArchivedLog(const store::Store& store, std::string graph_id, int64_t after_seq,
+              int64_t last_seq)
+      : store_(store), graph_id_(std::move(graph_id)), pos_(after_seq), last_seq_(last_seq) {}
+
+  Batch Next(size_t max) override {
+    Batch b;
+    absl::MutexLock lock(&mu_);
+    if (closed_) {
+      b.error = absl::CancelledError("subscription closed");
+      return b;
+    }
+    if (ended_) {
+      b.end = true;
+      return b;
+    }
+    if (pos_ < last_seq_) {
+      b.error = store_.ReadEvents(graph_id_, pos_, max, &b.events);
+      if (!b.error.ok()) {
+        b.events.clear();
+        return b;
+      }
+    }
+    // A graph subscription ends with the graph's terminal event.
+    for (size_t i = 0; i < b.events.size(); ++i) {
+      const v1::EventType t = b.events[i].type();
+      if (t == v1::GRAPH_SUCCEEDED || t == v1::GRAPH_FAILED || t == v1::GRAPH_CANCELLED) {
+        b.events.resize(i + 1);
+        ended_ = true;
+        break;
+      }
+    }
+    if (!b.events.empty()) pos_ = b.events.back().seq();
+    // Past the last event journaled (or nothing more there: erased by
+    // retention meanwhile): nothing more will come.
+    if (b.events.empty() || pos_ >= last_seq_) ended_ = true;
+    b.end = ended_;
+    return b;
   }
-  if (out->version() > store::kRecordVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "journal record ", key, " has version ", out->version(),
-        ", newer than this server's ", store::kRecordVersion));
+  size_t Lag() const override { return 0; }
+  bool Overflowed() const override { return false; }
+  void Close() override {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
   }
-  return absl::OkStatus();
-}
+
+ private:
+  const store::Store& store_;
+  const std::string graph_id_;
+  absl::Mutex mu_;
+  int64_t pos_ ABSL_GUARDED_BY(mu_);
+  const int64_t last_seq_;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<events::Subscription>> Engine::SubscribeGraph(
+    const std::string& graph_id, int64_t after_seq, absl::AnyInvocable<void()> notify) {
+  absl::StatusOr<std::shared_ptr<events::Subscription>> sub =
+      bus_.SubscribeGraph(graph_id, after_seq, std::move(notify));
+  if (!absl::IsNotFound(sub.status())) return sub;
+  // Not in the bus: left memory (archived), or unknown.
+  absl::StatusOr<v1::Graph> g = store_.GetGraph(graph_id, v1::BASIC);
+  if (!g.ok() || !store_.IsArchived(graph_id)) return sub;
+  return std::shared_ptr<events::Subscription>(
+      std::make_shared<ArchivedLog>(store_, graph_id, after_seq, g->last_seq()));
+}
 
 absl::StatusOr<RecoveryStats> Engine::Recover() {
   RecoveryStats stats;
@@ -294,7 +352,7 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
       store::kRequestsPrefix, persist::PrefixEnd(store::kRequestsPrefix),
       [&](absl::string_view key, absl::string_view value) {
         forge::journal::v1::RequestRecord r;
-        failed = ParseRecord(key, value, &r);
+        failed = store::ParseRecord(key, value, &r);
         if (!failed.ok()) return false;
         store_.RestoreRequest(std::string(key.substr(store::kRequestsPrefix.size())), r);
         return true;
@@ -307,46 +365,55 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
   std::vector<v1::Event> events;
   bool have_spec = false;
   // Recovery accepts every graph the journal holds, whatever today's limits.
-  graph::Limits unlimited;
-  unlimited.max_tasks = std::numeric_limits<int32_t>::max();
-  unlimited.max_input_bytes = unlimited.max_total_input_bytes =
-      std::numeric_limits<int64_t>::max();
+  const graph::Limits unlimited = graph::NoSizeLimits();
+  auto reset = [&]() {
+    current.clear();
+    rec = store::RecoveredGraph();
+    events.clear();
+    have_spec = false;
+  };
   auto finish = [&]() -> absl::Status {
     if (current.empty()) return absl::OkStatus();
     if (!have_spec) {
       return absl::DataLossError(
           absl::StrCat("journal: graph ", current, " has records but no spec"));
     }
-    absl::StatusOr<graph::CompiledGraph> compiled =
-        graph::Compile(rec.spec.spec(), unlimited);
-    if (!compiled.ok()) {
-      return absl::DataLossError(absl::StrCat("journal: graph ", current,
-                                              ": ", compiled.status().message()));
-    }
     const v1::GraphSpec& spec = rec.spec.spec();
-    RETURN_IF_ERROR(bus_.CreateGraph(current, {spec.labels().begin(), spec.labels().end()}));
-    stats.events += static_cast<int64_t>(events.size());
-    RETURN_IF_ERROR(bus_.Publish(current, std::move(events)));
-    stats.tasks += spec.tasks_size();
-    ++stats.graphs;
-    for (const auto& [i, t] : rec.tasks) stats.restarted_attempts += t.state() == v1::RUNNING;
     const bool terminal = rec.state.state() != v1::GRAPH_STATE_UNSPECIFIED &&
                           rec.state.state() != v1::GRAPH_STATE_RUNNING;
     const absl::Time finished_at =
         terminal ? FromProto(rec.state.finished_at()) : absl::InfinitePast();
+    stats.events += static_cast<int64_t>(events.size());
+    stats.tasks += spec.tasks_size();
+    ++stats.graphs;
+    if (terminal && journal_ != nullptr && options_.memory_retention < options_.retention &&
+        finished_at + options_.memory_retention <= clock_->Now()) {
+      // History: it stays on disk (nothing compiled, no event in memory).
+      RETURN_IF_ERROR(store_.RestoreArchived(rec));
+      ScheduleExpiry(current, finished_at);
+      ++stats.archived_graphs;
+      reset();
+      return absl::OkStatus();
+    }
+    absl::StatusOr<graph::CompiledGraph> compiled = graph::Compile(spec, unlimited);
+    if (!compiled.ok()) {
+      return absl::DataLossError(absl::StrCat("journal: graph ", current,
+                                              ": ", compiled.status().message()));
+    }
+    RETURN_IF_ERROR(bus_.CreateGraph(current, {spec.labels().begin(), spec.labels().end()}));
+    RETURN_IF_ERROR(bus_.Publish(current, std::move(events)));
+    for (const auto& [i, t] : rec.tasks) stats.restarted_attempts += t.state() == v1::RUNNING;
     const std::string id = current;
     ASSIGN_OR_RETURN(store::Effects fx,
                      store_.Restore(std::move(rec), *std::move(compiled), clock_->Now()));
     if (terminal) {
       ScheduleExpiry(id, finished_at);
+      ScheduleArchive(id, finished_at);
     } else {
       ++stats.live_graphs;
     }
     Apply(std::move(fx));
-    current.clear();
-    rec = store::RecoveredGraph();
-    events.clear();
-    have_spec = false;
+    reset();
     return absl::OkStatus();
   };
   RETURN_IF_ERROR(journal_->Scan(
@@ -366,7 +433,7 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
         switch (k.kind) {
           case store::GraphKey::kEvent: {
             forge::journal::v1::EventRecord r;
-            failed = ParseRecord(key, value, &r);
+            failed = store::ParseRecord(key, value, &r);
             if (!failed.ok()) return false;
             if (r.event().seq() != k.seq || k.seq != rec.last_seq + 1) {
               failed = absl::DataLossError(absl::StrCat(
@@ -379,16 +446,16 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
             break;
           }
           case store::GraphKey::kSpec:
-            failed = ParseRecord(key, value, &rec.spec);
+            failed = store::ParseRecord(key, value, &rec.spec);
             have_spec = failed.ok();
             break;
           case store::GraphKey::kState:
-            failed = ParseRecord(key, value, &rec.state);
+            failed = store::ParseRecord(key, value, &rec.state);
             break;
           case store::GraphKey::kTask: {
             auto& [index, r] = rec.tasks.emplace_back();
             index = k.index;
-            failed = ParseRecord(key, value, &r);
+            failed = store::ParseRecord(key, value, &r);
             break;
           }
           case store::GraphKey::kUnknown:
@@ -446,6 +513,15 @@ void Engine::NotDurable(const absl::Status& status) {
   if (!journal_failed_.exchange(true) && options_.on_journal_failure) {
     options_.on_journal_failure(status);
   }
+}
+
+void Engine::ScheduleArchive(const std::string& graph_id, absl::Time finished_at) {
+  if (journal_ == nullptr || options_.memory_retention >= options_.retention) return;
+  timers_->Schedule(finished_at + options_.memory_retention, [this, graph_id]() {
+    absl::StatusOr<bool> archived = store_.Archive(graph_id);
+    // Subscribers reading the log keep it; new ones read the journal.
+    if (archived.ok() && *archived) bus_.ForgetGraph(graph_id);
+  });
 }
 
 void Engine::ScheduleExpiry(const std::string& graph_id, absl::Time finished_at) {
@@ -595,15 +671,16 @@ void Engine::ExportSpans(const store::Effects& fx) {
 void Engine::ApplyNow(store::Effects fx) {
   if (options_.observe) Observe(fx);
   if (spans_ != nullptr) ExportSpans(fx);
-  if (fx.terminal_graph.has_value() && !fx.events.empty()) {
-    // The transition that finished the graph (not a waiter's read of it).
-    ScheduleExpiry(fx.graph_id, FromProto(fx.terminal_graph->finished_at()));
-  }
+  // The transition that finished the graph (not a waiter's read of it).
+  const bool finished = fx.terminal_graph.has_value() && !fx.events.empty();
+  if (finished) ScheduleExpiry(fx.graph_id, FromProto(fx.terminal_graph->finished_at()));
   if (!fx.events.empty()) {
     // The store assigned dense seqs; a log the bus declared broken already
     // ends its subscribers with DATA_LOSS, so there is nothing more to do.
     bus_.Publish(fx.graph_id, std::move(fx.events)).IgnoreError();
   }
+  // After the terminal events are in the bus: archiving forgets the log.
+  if (finished) ScheduleArchive(fx.graph_id, FromProto(fx.terminal_graph->finished_at()));
   if (!fx.ready.empty()) {
     std::vector<std::string> queues;
     for (store::ReadyTask& r : fx.ready) {

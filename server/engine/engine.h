@@ -50,6 +50,11 @@ struct EngineOptions {
   // Finished graphs stay readable this long, then are deleted (memory and
   // journal) by the timer service.
   absl::Duration retention = absl::Hours(24);
+  // Durable mode: a finished graph leaves memory this long after it
+  // finished (all but its summary, see Store::Archive); until its retention
+  // ends it is read from the journal. Memory holds live work, not history.
+  // Not less than retention: finished graphs stay in memory.
+  absl::Duration memory_retention = absl::Seconds(10);
   // Durable mode: new submits and cancels get RESOURCE_EXHAUSTED while more
   // than this many journal bytes wait to be written (the journal's own hard
   // limit is far above it, so transitions already admitted never fail).
@@ -66,6 +71,7 @@ struct EngineOptions {
 struct RecoveryStats {
   int64_t graphs = 0;
   int64_t live_graphs = 0;  // not terminal: they resume
+  int64_t archived_graphs = 0;  // finished past memory_retention: left on disk
   int64_t tasks = 0;
   int64_t events = 0;
   int64_t restarted_attempts = 0;  // RUNNING at the crash: re-dispatched
@@ -131,6 +137,12 @@ class Engine {
   // Calls `waiter` once the graph is terminal (at once if it is).
   absl::Status WhenTerminal(const std::string& graph_id,
                             store::TerminalWaiter waiter);
+
+  // A graph's events after `after_seq` (events::EventBus::SubscribeGraph),
+  // read from the journal once the graph has left memory.
+  absl::StatusOr<std::shared_ptr<events::Subscription>> SubscribeGraph(
+      const std::string& graph_id, int64_t after_seq,
+      absl::AnyInvocable<void()> notify);
 
   // Extra validation of submitted specs beyond graph::Compile (the command
   // runner checks that tasks on its queues carry the params its profiles
@@ -220,6 +232,9 @@ class Engine {
   // New client writes (submit, cancel): UNAVAILABLE once the journal failed,
   // RESOURCE_EXHAUSTED while the disk is full or the backlog too long.
   absl::Status Admit() const;
+  // Memory retention: archives a finished graph at finished_at +
+  // memory_retention (durable mode).
+  void ScheduleArchive(const std::string& graph_id, absl::Time finished_at);
   // Retention: deletes a finished graph at finished_at + retention.
   void ScheduleExpiry(const std::string& graph_id, absl::Time finished_at);
   // Matches READY tasks of `queue` with executor slots until one runs out,

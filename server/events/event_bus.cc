@@ -638,6 +638,16 @@ absl::Status EventBus::PublishGlobal(Event event) {
   return absl::OkStatus();
 }
 
+bool EventBus::ForgetGraph(const std::string& graph_id) {
+  std::shared_ptr<GraphLog> log;  // released after the lock
+  absl::MutexLock lock(&graphs_mu_);
+  auto it = graphs_.find(graph_id);
+  if (it == graphs_.end()) return false;
+  log = std::move(it->second);
+  graphs_.erase(it);
+  return true;
+}
+
 bool EventBus::DropGraph(const std::string& graph_id) {
   std::shared_ptr<GraphLog> log;
   {

@@ -20,6 +20,7 @@
 //   terminal one are kept but never delivered to graph subscribers.
 //   DropGraph(id) forgets a graph (retention) and frees its events; its
 //   subscribers that had not reached the terminal event get NOT_FOUND.
+//   ForgetGraph(id) forgets it but lets its subscribers read on.
 //
 // Reorder buffer overflow
 //   More than BusOptions::max_reorder_per_graph buffered (not yet contiguous)
@@ -218,6 +219,13 @@ class EventBus {
 
   // Forgets a graph and frees its log. Returns false if it was unknown.
   bool DropGraph(const std::string& graph_id) ABSL_LOCKS_EXCLUDED(graphs_mu_);
+
+  // Forgets a finished graph that left memory (its events are read from the
+  // journal from then on): it is no longer found (SubscribeGraph NOT_FOUND,
+  // Publish NOT_FOUND), but its current subscribers keep reading its log to
+  // the end; the log is freed with the last of them. Returns false if it was
+  // unknown.
+  bool ForgetGraph(const std::string& graph_id) ABSL_LOCKS_EXCLUDED(graphs_mu_);
 
   // Subscribes to a graph from after_seq (0 = from the start). after_seq may
   // be ahead of what is visible (a snapshot's last_seq). NOT_FOUND for an

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -271,6 +272,13 @@ absl::Status CycleError(const GraphSpec& spec, const CompiledGraph& g,
 }
 
 }  // namespace
+
+Limits NoSizeLimits() {
+  Limits l;
+  l.max_tasks = std::numeric_limits<int32_t>::max();
+  l.max_input_bytes = l.max_total_input_bytes = std::numeric_limits<int64_t>::max();
+  return l;
+}
 
 absl::StatusOr<CompiledGraph> Compile(const GraphSpec& spec,
                                       const Limits& limits) {

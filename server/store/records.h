@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
 namespace forge::store {
@@ -36,5 +38,21 @@ struct GraphKey {
 };
 // kUnknown for a key this version does not know (a newer writer's).
 GraphKey ParseGraphKey(absl::string_view key);
+
+// Parses the record stored under `key`: DATA_LOSS if it does not parse,
+// FAILED_PRECONDITION if a newer version wrote it.
+template <typename Record>
+absl::Status ParseRecord(absl::string_view key, absl::string_view bytes,
+                         Record* out) {
+  if (!out->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError(absl::StrCat("journal record ", key, " does not parse"));
+  }
+  if (out->version() > kRecordVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "journal record ", key, " has version ", out->version(),
+        ", newer than this server's ", kRecordVersion));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace forge::store

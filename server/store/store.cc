@@ -82,6 +82,16 @@ struct Store::GraphRecord {
   // W3C trace context (hex): the graph's trace and the submitter's span.
   std::string trace_id;
   std::string parent_span_id;
+  // Left memory (Store::Archive): `spec` keeps only the graph's name,
+  // labels and fail_fast; compiled, tasks and by_name are empty. The rest
+  // is in the journal.
+  bool archived = false;
+};
+
+struct Store::Rebuilt {
+  std::unique_ptr<GraphRecord> graph;
+  uint64_t max_epoch = 0;
+  uint64_t max_ready_seq = 0;
 };
 
 namespace {
@@ -621,6 +631,9 @@ absl::StatusOr<Store::GraphRecord*> Store::FindLocked(
 absl::StatusOr<Store::TaskRuntime*> Store::FenceLocked(GraphRecord& g,
                                                        const v1::Lease& lease) {
   const int32_t i = lease.task_index();
+  if (g.archived) {
+    return absl::AbortedError(absl::StrCat("graph ", g.id, " has finished"));
+  }
   if (i < 0 || i >= static_cast<int32_t>(g.tasks.size())) {
     return absl::NotFoundError(absl::StrCat("task index ", i, " not found"));
   }
@@ -634,6 +647,10 @@ absl::StatusOr<Store::TaskRuntime*> Store::FenceLocked(GraphRecord& g,
 
 int64_t Store::graph_count() const {
   return graph_count_.load(std::memory_order_relaxed);
+}
+
+int64_t Store::archived_count() const {
+  return archived_count_.load(std::memory_order_relaxed);
 }
 
 absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
@@ -800,6 +817,7 @@ absl::StatusOr<Effects> Store::Erase(const std::string& graph_id) {
   for (int32_t i = 0; i < static_cast<int32_t>(g.tasks.size()); ++i) {
     EraseDeadlines(shard.deadlines, g, i);
   }
+  if (g.archived) archived_count_.fetch_sub(1, std::memory_order_relaxed);
   shard.graphs.erase(it);
   graph_count_.fetch_sub(1, std::memory_order_relaxed);
   return fx;
@@ -812,9 +830,8 @@ void Store::RestoreRequest(const std::string& request_id,
                                        GetTime(record.created_at())};
 }
 
-absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
-                                       graph::CompiledGraph compiled,
-                                       absl::Time now) {
+absl::StatusOr<Store::Rebuilt> Store::Rebuild(RecoveredGraph& rec,
+                                              graph::CompiledGraph compiled) {
   auto g = std::make_unique<GraphRecord>();
   g->id = rec.spec.id();
   g->request_id = rec.spec.request_id();
@@ -876,13 +893,26 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
       if (ds == v1::FAILED) ++t.failed;
     }
   }
-  // Leases and READY order continue past everything journaled.
-  for (std::atomic<uint64_t>* next : {&next_epoch_, &next_ready_seq_}) {
-    const uint64_t floor = (next == &next_epoch_ ? max_epoch : max_ready_seq) + 1;
-    uint64_t cur = next->load();
-    while (cur < floor && !next->compare_exchange_weak(cur, floor)) {
-    }
+  return Rebuilt{std::move(g), max_epoch, max_ready_seq};
+}
+
+namespace {
+// Lease epochs and the READY order continue past everything journaled.
+void RaiseTo(std::atomic<uint64_t>& next, uint64_t floor) {
+  uint64_t cur = next.load();
+  while (cur < floor && !next.compare_exchange_weak(cur, floor)) {
   }
+}
+}  // namespace
+
+absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
+                                       graph::CompiledGraph compiled,
+                                       absl::Time now) {
+  ASSIGN_OR_RETURN(Rebuilt rebuilt, Rebuild(rec, std::move(compiled)));
+  std::unique_ptr<GraphRecord> g = std::move(rebuilt.graph);
+  const int32_t n = g->spec.tasks_size();
+  RaiseTo(next_epoch_, rebuilt.max_epoch + 1);
+  RaiseTo(next_ready_seq_, rebuilt.max_ready_seq + 1);
 
   Effects fx;
   const std::string id = g->id;
@@ -928,7 +958,165 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
   }
   tx.Drain();  // finishes a graph whose last transition was its last task's
   tx.Seal();
-  return std::move(fx);
+  return fx;
+}
+
+namespace {
+
+// The part of a spec an archived graph keeps (its BASIC view's fields).
+v1::GraphSpec SummaryOf(const v1::GraphSpec& spec) {
+  v1::GraphSpec out;
+  out.set_name(spec.name());
+  *out.mutable_labels() = spec.labels();
+  out.set_fail_fast(spec.fail_fast());
+  return out;
+}
+
+}  // namespace
+
+absl::Status Store::RestoreArchived(const RecoveredGraph& rec) {
+  auto g = std::make_unique<GraphRecord>();
+  g->id = rec.spec.id();
+  g->request_id = rec.spec.request_id();
+  g->spec = SummaryOf(rec.spec.spec());
+  g->created_at = GetTime(rec.spec.created_at());
+  g->trace_id = rec.spec.trace_id().empty() ? GraphTraceId(g->id) : rec.spec.trace_id();
+  g->parent_span_id = rec.spec.parent_span_id();
+  g->state = rec.state.state();
+  g->cancel_requested = rec.state.cancel_requested();
+  g->fail_fast_fired = rec.state.fail_fast_fired();
+  g->finished_at = GetTime(rec.state.finished_at());
+  g->seq = rec.last_seq;
+  g->archived = true;
+  const int32_t n = rec.spec.spec().tasks_size();
+  uint64_t max_epoch = 0, max_ready_seq = 0;
+  for (const auto& [i, r] : rec.tasks) {
+    if (i < 0 || i >= n) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "graph ", g->id, ": journal has task index ", i, " of ", n));
+    }
+    Bump(g->counts, r.state(), +1);
+    if (graph::IsTerminal(r.state())) ++g->terminal;
+    max_epoch = std::max(max_epoch, r.epoch());
+    max_ready_seq = std::max(max_ready_seq, r.ready_seq());
+  }
+  // Tasks that never left PENDING have no record.
+  Bump(g->counts, v1::PENDING, n - static_cast<int32_t>(rec.tasks.size()));
+  RaiseTo(next_epoch_, max_epoch + 1);
+  RaiseTo(next_ready_seq_, max_ready_seq + 1);
+  const std::string id = g->id;
+  Shard& shard = ShardFor(id);
+  absl::MutexLock lock(&shard.mu);
+  if (shard.graphs.count(id)) {
+    return absl::FailedPreconditionError(absl::StrCat("graph ", id, " restored twice"));
+  }
+  shard.graphs.emplace(id, std::move(g));
+  graph_count_.fetch_add(1, std::memory_order_relaxed);
+  archived_count_.fetch_add(1, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Store::Archive(const std::string& graph_id) {
+  if (journal_ == nullptr) return false;  // nowhere to read it back from
+  // What leaves memory is destroyed after the lock is released (a big
+  // graph's tasks take a while to free).
+  v1::GraphSpec spec;
+  graph::CompiledGraph compiled;
+  std::vector<TaskRuntime> tasks;
+  absl::flat_hash_map<absl::string_view, int32_t> by_name;
+  {
+    Shard& shard = ShardFor(graph_id);
+    absl::MutexLock lock(&shard.mu);
+    ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
+    GraphRecord& g = *found;
+    if (g.archived || !graph::IsTerminal(g.state)) return false;
+    by_name.swap(g.by_name);  // views into spec: goes with it
+    spec = SummaryOf(g.spec);
+    spec.Swap(&g.spec);
+    std::swap(compiled, g.compiled);
+    tasks.swap(g.tasks);
+    g.archived = true;
+  }
+  archived_count_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool Store::IsArchived(const std::string& graph_id) const {
+  Shard& shard = ShardFor(graph_id);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.graphs.find(graph_id);
+  return it != shard.graphs.end() && it->second->archived;
+}
+
+absl::StatusOr<std::unique_ptr<Store::GraphRecord>> Store::LoadArchived(
+    const std::string& graph_id, int64_t last_seq) const {
+  if (journal_ == nullptr) {
+    return absl::InternalError(absl::StrCat("graph ", graph_id, " is archived without a journal"));
+  }
+  RecoveredGraph rec;
+  bool have_spec = false;
+  absl::Status failed;
+  // The spec, state and task records follow the events ("e/" < "spec"):
+  // the scan starts past them.
+  RETURN_IF_ERROR(journal_->Scan(
+      SpecKey(graph_id), GraphEnd(graph_id),
+      [&](absl::string_view key, absl::string_view value) {
+        const GraphKey k = ParseGraphKey(key);
+        switch (k.kind) {
+          case GraphKey::kSpec:
+            failed = ParseRecord(key, value, &rec.spec);
+            have_spec = failed.ok();
+            break;
+          case GraphKey::kState:
+            failed = ParseRecord(key, value, &rec.state);
+            break;
+          case GraphKey::kTask: {
+            auto& [index, r] = rec.tasks.emplace_back();
+            index = k.index;
+            failed = ParseRecord(key, value, &r);
+            break;
+          }
+          default:
+            break;
+        }
+        return failed.ok();
+      }));
+  RETURN_IF_ERROR(failed);
+  if (!have_spec) {
+    return absl::NotFoundError(absl::StrCat("graph ", graph_id, " not found"));
+  }
+  rec.last_seq = last_seq;
+  absl::StatusOr<graph::CompiledGraph> compiled =
+      graph::Compile(rec.spec.spec(), graph::NoSizeLimits());
+  if (!compiled.ok()) {
+    return absl::DataLossError(absl::StrCat("journal: graph ", graph_id, ": ",
+                                            compiled.status().message()));
+  }
+  ASSIGN_OR_RETURN(Rebuilt rebuilt, Rebuild(rec, *std::move(compiled)));
+  return std::move(rebuilt.graph);
+}
+
+absl::Status Store::ReadEvents(const std::string& graph_id, int64_t after_seq,
+                               size_t max, std::vector<v1::Event>* out) const {
+  if (journal_ == nullptr || max == 0) return absl::OkStatus();
+  absl::Status failed;
+  size_t taken = 0;
+  RETURN_IF_ERROR(journal_->Scan(
+      EventKey(graph_id, after_seq + 1), SpecKey(graph_id),
+      [&](absl::string_view key, absl::string_view value) {
+        forge::journal::v1::EventRecord r;
+        failed = ParseRecord(key, value, &r);
+        if (!failed.ok()) return false;
+        if (r.event().seq() != after_seq + 1 + static_cast<int64_t>(taken)) {
+          failed = absl::DataLossError(absl::StrCat(
+              "journal: graph ", graph_id, ": event ", r.event().seq(),
+              " where ", after_seq + 1 + static_cast<int64_t>(taken), " belongs"));
+          return false;
+        }
+        out->push_back(std::move(*r.mutable_event()));
+        return ++taken < max;
+      }));
+  return failed;
 }
 
 absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
@@ -1250,9 +1438,15 @@ absl::StatusOr<Effects> Store::CancelTask(const std::string& graph_id,
                                           const std::string& reason,
                                           absl::Time now) {
   Shard& shard = ShardFor(graph_id);
-  absl::MutexLock lock(&shard.mu);
+  absl::ReleasableMutexLock lock(&shard.mu);
   ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
   GraphRecord& g = *found;
+  if (g.archived) {
+    // Finished: nothing to cancel, but the task must exist.
+    lock.Release();
+    RETURN_IF_ERROR(GetTask(graph_id, task).status());
+    return Effects();
+  }
   auto t = g.by_name.find(task);
   if (t == g.by_name.end()) {
     return absl::NotFoundError(
@@ -1341,20 +1535,37 @@ void Store::FillGraph(const GraphRecord& g, v1::GraphView view,
 
 absl::StatusOr<v1::Graph> Store::GetGraph(const std::string& graph_id,
                                           v1::GraphView view) const {
-  Shard& shard = ShardFor(graph_id);
-  absl::MutexLock lock(&shard.mu);
-  ASSIGN_OR_RETURN(const GraphRecord* const g, FindLocked(shard, graph_id));
+  if (view == v1::GRAPH_VIEW_UNSPECIFIED) view = v1::FULL;
+  int64_t last_seq = 0;
+  {
+    Shard& shard = ShardFor(graph_id);
+    absl::MutexLock lock(&shard.mu);
+    ASSIGN_OR_RETURN(const GraphRecord* const g, FindLocked(shard, graph_id));
+    if (!g->archived || view == v1::BASIC) {
+      v1::Graph out;
+      FillGraph(*g, view, &out);
+      return out;
+    }
+    last_seq = g->seq;
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<GraphRecord> cold, LoadArchived(graph_id, last_seq));
   v1::Graph out;
-  FillGraph(*g, view == v1::GRAPH_VIEW_UNSPECIFIED ? v1::FULL : view,
-            &out);
+  FillGraph(*cold, view, &out);
   return out;
 }
 
 absl::StatusOr<v1::Task> Store::GetTask(const std::string& graph_id,
                                         const std::string& task) const {
+  std::unique_ptr<GraphRecord> cold;
   Shard& shard = ShardFor(graph_id);
-  absl::MutexLock lock(&shard.mu);
-  ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
+  absl::ReleasableMutexLock lock(&shard.mu);
+  ASSIGN_OR_RETURN(GraphRecord* found, FindLocked(shard, graph_id));
+  if (found->archived) {
+    const int64_t last_seq = found->seq;
+    lock.Release();
+    ASSIGN_OR_RETURN(cold, LoadArchived(graph_id, last_seq));
+    found = cold.get();
+  }
   const GraphRecord& g = *found;
   auto t = g.by_name.find(task);
   if (t == g.by_name.end()) {
@@ -1397,6 +1608,9 @@ absl::StatusOr<v1::ListGraphsResponse> Store::ListGraphs(
   // Newest first: walk each shard backwards from the token, take up to
   // page_size + 1 matches from each, then merge.
   std::vector<v1::Graph> found;
+  // FULL views of archived graphs are read from the journal afterwards,
+  // with no lock held (their BASIC view is filled meanwhile).
+  absl::flat_hash_map<std::string, int64_t> cold;
   for (const auto& shard : shards_) {
     absl::MutexLock lock(&shard->mu);
     auto it = request.page_token().empty()
@@ -1405,8 +1619,11 @@ absl::StatusOr<v1::ListGraphsResponse> Store::ListGraphs(
     size_t taken = 0;
     while (it != shard->graphs.begin() && taken <= page_size) {
       --it;
-      if (!matches(*it->second)) continue;
-      FillGraph(*it->second, view, &found.emplace_back());
+      const GraphRecord& g = *it->second;
+      if (!matches(g)) continue;
+      const bool full_from_disk = view == v1::FULL && g.archived;
+      FillGraph(g, full_from_disk ? v1::BASIC : view, &found.emplace_back());
+      if (full_from_disk) cold.emplace(g.id, g.seq);
       ++taken;
     }
   }
@@ -1414,7 +1631,19 @@ absl::StatusOr<v1::ListGraphsResponse> Store::ListGraphs(
             [](const v1::Graph& a, const v1::Graph& b) { return a.id() > b.id(); });
   v1::ListGraphsResponse response;
   const size_t n = std::min(found.size(), page_size);
-  for (size_t i = 0; i < n; ++i) *response.add_graphs() = std::move(found[i]);
+  for (size_t i = 0; i < n; ++i) {
+    auto c = cold.find(found[i].id());
+    if (c != cold.end()) {
+      absl::StatusOr<std::unique_ptr<GraphRecord>> g = LoadArchived(c->first, c->second);
+      if (g.ok()) {
+        found[i].Clear();
+        FillGraph(**g, v1::FULL, &found[i]);
+      } else if (!absl::IsNotFound(g.status())) {
+        return g.status();
+      }  // else erased meanwhile (retention): its summary is what there was
+    }
+    *response.add_graphs() = std::move(found[i]);
+  }
   if (found.size() > page_size) {
     response.set_next_page_token(response.graphs(n - 1).id());
   }

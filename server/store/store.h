@@ -249,6 +249,22 @@ class Store {
   // (its whole key range, and its request_id). NOT_FOUND if unknown.
   absl::StatusOr<Effects> Erase(const std::string& graph_id);
 
+  // Memory retention (durable mode): a finished graph leaves memory but for
+  // its summary (the BASIC view, which List, WaitGraph and a BASIC Get
+  // need). Reads that need more (a FULL view, a task, the task a cancel
+  // names) are then served from the journal, outside the shard lock; its
+  // events are read with ReadEvents. Does nothing to a graph that is not
+  // terminal or already archived (returns false then); NOT_FOUND if unknown.
+  absl::StatusOr<bool> Archive(const std::string& graph_id);
+  // Recovery: a finished graph put back archived (nothing compiled, no
+  // task held), with its counts from its task records.
+  absl::Status RestoreArchived(const RecoveredGraph& recovered);
+  bool IsArchived(const std::string& graph_id) const;
+  // Up to `max` journaled events of graph `graph_id` after `after_seq`, in
+  // order, appended to `out` (durable mode; for archived graphs).
+  absl::Status ReadEvents(const std::string& graph_id, int64_t after_seq,
+                          size_t max, std::vector<forge::v1::Event>* out) const;
+
   // Recovery: an idempotency key read from the journal.
   void RestoreRequest(const std::string& request_id,
                       const forge::journal::v1::RequestRecord& record);
@@ -347,8 +363,9 @@ class Store {
   absl::StatusOr<forge::v1::ListGraphsResponse> ListGraphs(
       const forge::v1::ListGraphsRequest& request) const;
 
-  // Number of graphs held (all states).
+  // Number of graphs held (all states), and how many of them are archived.
   int64_t graph_count() const;
+  int64_t archived_count() const;
 
   // FinishedAttempt carries its task name, worker id and error (for spans)
   // only when asked for (the engine does when it traces).
@@ -406,6 +423,17 @@ class Store {
   static void FillTask(const GraphRecord& g, int32_t index,
                        forge::v1::Task* out);
 
+  // A graph record from its journal records (recovery, cold reads), with
+  // the largest lease epoch and READY order it holds. FAILED_PRECONDITION
+  // for a task index outside the spec.
+  struct Rebuilt;
+  static absl::StatusOr<Rebuilt> Rebuild(RecoveredGraph& rec,
+                                         graph::CompiledGraph compiled);
+  // An archived graph read back whole from the journal (no lock held).
+  // NOT_FOUND if it is no longer there (retention).
+  absl::StatusOr<std::unique_ptr<GraphRecord>> LoadArchived(
+      const std::string& graph_id, int64_t last_seq) const;
+
   // A task's journal record (durable mode).
   static forge::journal::v1::TaskRecord TaskRecordOf(const TaskRuntime& t);
 
@@ -432,6 +460,7 @@ class Store {
   std::atomic<uint64_t> next_ready_seq_{1};
   std::atomic<uint64_t> next_epoch_{1};
   std::atomic<int64_t> graph_count_{0};
+  std::atomic<int64_t> archived_count_{0};
   std::atomic<bool> attempt_details_{false};
 };
 

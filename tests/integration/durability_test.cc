@@ -199,6 +199,225 @@ TEST_F(ShortRetentionTest, FinishedGraphsAreDeletedFromMemoryAndDiskAfterTheirRe
   EXPECT_NE(fresh.graph_id(), id);
 }
 
+// Memory retention: a finished graph leaves memory (all but its summary)
+// and every read of it is then served from the journal, the same as before.
+class MemoryRetentionTest : public DurabilityTest {
+ protected:
+  void Configure(ServerOptions& o) override {
+    DurabilityTest::Configure(o);
+    o.engine.memory_retention = memory_retention_;
+  }
+  // Everything a client can read of a graph, through the API.
+  struct Reads {
+    v1::Graph full;
+    v1::Graph basic;
+    std::vector<v1::Task> tasks;
+    v1::ListGraphsResponse listed_full;
+    v1::ListGraphsResponse listed_basic;
+    std::vector<v1::Event> replay;
+    std::vector<v1::Event> resumed;  // Watch after_seq = 2
+    v1::Graph snapshot;              // Watch without replay: the snapshot
+    size_t events_after_snapshot = 0;
+  };
+  Reads ReadAll(const std::string& id) {
+    Reads r;
+    EXPECT_TRUE(TryGet(id, &r.full).ok());
+    {
+      grpc::ClientContext ctx;
+      v1::GetGraphRequest req;
+      req.set_graph_id(id);
+      req.set_view(v1::BASIC);
+      v1::GetGraphResponse resp;
+      EXPECT_TRUE(stub().GetGraph(&ctx, req, &resp).ok());
+      r.basic = resp.graph();
+    }
+    for (const v1::Task& t : r.full.tasks()) {
+      grpc::ClientContext ctx;
+      v1::GetTaskRequest req;
+      req.set_graph_id(id);
+      req.set_task(t.spec().name());
+      v1::GetTaskResponse resp;
+      EXPECT_TRUE(stub().GetTask(&ctx, req, &resp).ok());
+      r.tasks.push_back(resp.task());
+    }
+    for (v1::GraphView view : {v1::FULL, v1::BASIC}) {
+      grpc::ClientContext ctx;
+      v1::ListGraphsRequest req;
+      req.set_view(view);
+      (*req.mutable_labels())["team"] = "archive";
+      EXPECT_TRUE(stub()
+                      .ListGraphs(&ctx, req, view == v1::FULL ? &r.listed_full : &r.listed_basic)
+                      .ok());
+    }
+    r.replay = Replay(id);
+    for (int mode = 0; mode < 2; ++mode) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+      v1::WatchRequest req;
+      req.mutable_graph()->set_graph_id(id);
+      if (mode == 0) req.mutable_graph()->set_after_seq(2);
+      auto reader = stub().Watch(&ctx, req);
+      v1::WatchResponse msg;
+      while (reader->Read(&msg)) {
+        if (msg.has_snapshot()) r.snapshot = msg.snapshot();
+        for (const v1::Event& e : msg.events()) {
+          if (mode == 0) {
+            r.resumed.push_back(e);
+          } else {
+            ++r.events_after_snapshot;
+          }
+        }
+      }
+      EXPECT_TRUE(reader->Finish().ok());
+    }
+    return r;
+  }
+  static void ExpectSame(const Reads& a, const Reads& b) {
+    auto same = [](const google::protobuf::Message& x, const google::protobuf::Message& y) {
+      EXPECT_TRUE(MessageDifferencer::Equals(x, y)) << x.DebugString() << "\nvs\n"
+                                                    << y.DebugString();
+    };
+    same(a.full, b.full);
+    same(a.basic, b.basic);
+    ASSERT_EQ(a.tasks.size(), b.tasks.size());
+    for (size_t i = 0; i < a.tasks.size(); ++i) same(a.tasks[i], b.tasks[i]);
+    same(a.listed_full, b.listed_full);
+    same(a.listed_basic, b.listed_basic);
+    ASSERT_EQ(a.replay.size(), b.replay.size());
+    for (size_t i = 0; i < a.replay.size(); ++i) same(a.replay[i], b.replay[i]);
+    ASSERT_EQ(a.resumed.size(), b.resumed.size());
+    for (size_t i = 0; i < a.resumed.size(); ++i) same(a.resumed[i], b.resumed[i]);
+    same(a.snapshot, b.snapshot);
+    EXPECT_EQ(a.events_after_snapshot, b.events_after_snapshot);
+  }
+  // The archive timer fires memory_retention after the graph finished.
+  void AwaitArchived(const std::string& id) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (!server().engine().store().IsArchived(id) && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(10));  // test-side wait for the timer
+    }
+    ASSERT_TRUE(server().engine().store().IsArchived(id));
+  }
+  grpc::StatusCode CancelTaskCode(const std::string& id, const std::string& task) {
+    grpc::ClientContext ctx;
+    v1::CancelTaskRequest req;
+    req.set_graph_id(id);
+    req.set_task(task);
+    v1::CancelTaskResponse resp;
+    return stub().CancelTask(&ctx, req, &resp).error_code();
+  }
+
+  absl::Duration memory_retention_ = absl::Milliseconds(200);
+};
+
+v1::GraphSpec Labelled(v1::GraphSpec g) {
+  (*g.mutable_labels())["team"] = "archive";
+  return g;
+}
+
+TEST_F(MemoryRetentionTest, AFinishedGraphLeavesMemoryAndReadsTheSameFromDisk) {
+  // Task b fails its first attempt: its attempt history must come back too.
+  StartWorker({"default"}, 2, [](client::TaskContext& ctx) {
+    if (ctx.assignment().task() == "b" && ctx.assignment().lease().attempt() == 1) {
+      client::TaskOutcome out;
+      out.success = false;
+      out.error_code = "FLAKY";
+      out.error_message = "first attempt fails";
+      return out;
+    }
+    return Echo(ctx);
+  });
+  v1::GraphSpec spec = Labelled(Diamond());
+  spec.mutable_tasks(1)->mutable_retry()->set_max_attempts(2);
+  spec.mutable_tasks(1)->mutable_retry()->mutable_initial_backoff()->set_nanos(1000000);
+  const std::string id = Submit(spec);
+  ASSERT_EQ(WaitTerminal(id).state(), v1::GRAPH_STATE_SUCCEEDED);
+  const Reads hot = ReadAll(id);
+  ASSERT_EQ(hot.full.tasks_size(), 4);
+  EXPECT_EQ(TaskOf(hot.full, "b").attempts_size(), 2);
+  ASSERT_FALSE(hot.replay.empty());
+  EXPECT_EQ(hot.resumed.size(), hot.replay.size() - 2);
+  EXPECT_EQ(hot.events_after_snapshot, 0u);  // finished: the snapshot says it all
+  ASSERT_EQ(hot.listed_full.graphs_size(), 1);
+  EXPECT_EQ(hot.listed_full.graphs(0).tasks_size(), 4);
+
+  AwaitArchived(id);
+  EXPECT_EQ(server().engine().store().archived_count(), 1);
+  ExpectSame(hot, ReadAll(id));
+  // Waiting on it returns at once; cancels change nothing and still know its tasks.
+  EXPECT_EQ(WaitTerminal(id).state(), v1::GRAPH_STATE_SUCCEEDED);
+  {
+    grpc::ClientContext ctx;
+    v1::CancelGraphRequest req;
+    req.set_graph_id(id);
+    v1::CancelGraphResponse resp;
+    EXPECT_TRUE(stub().CancelGraph(&ctx, req, &resp).ok());
+  }
+  EXPECT_EQ(CancelTaskCode(id, "a"), grpc::StatusCode::OK);
+  EXPECT_EQ(CancelTaskCode(id, "zz"), grpc::StatusCode::NOT_FOUND);
+  // A late result for one of its attempts is refused.
+  v1::TaskResult late;
+  late.mutable_lease()->set_graph_id(id);
+  late.mutable_lease()->set_task_index(0);
+  late.mutable_lease()->set_attempt(1);
+  late.mutable_lease()->set_epoch(1);
+  late.set_success(true);
+  absl::Notification acked;
+  absl::Status ack_status;
+  server().engine().OnResult("ghost", 0, late, [&](absl::Status s) {
+    ack_status = s;
+    acked.Notify();
+  });
+  ASSERT_TRUE(acked.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(ack_status.code(), absl::StatusCode::kAborted) << ack_status;
+  ExpectSame(hot, ReadAll(id));
+
+  // A restart leaves it on disk: nothing of it is compiled or replayed.
+  Restart();
+  EXPECT_EQ(server().recovery().graphs, 1);
+  EXPECT_EQ(server().recovery().archived_graphs, 1);
+  EXPECT_TRUE(server().engine().store().IsArchived(id));
+  ExpectSame(hot, ReadAll(id));
+}
+
+TEST_F(MemoryRetentionTest, RecentlyFinishedGraphsStayInMemoryAcrossARestart) {
+  memory_retention_ = absl::Hours(1);
+  Restart();  // with the new setting
+  StartWorker({"default"}, 2);
+  const std::string id = Submit(Labelled(Diamond()));
+  ASSERT_EQ(WaitTerminal(id).state(), v1::GRAPH_STATE_SUCCEEDED);
+  const Reads hot = ReadAll(id);
+  Restart();
+  EXPECT_EQ(server().recovery().archived_graphs, 0);
+  EXPECT_FALSE(server().engine().store().IsArchived(id));
+  ExpectSame(hot, ReadAll(id));
+}
+
+class ShortRetentionAfterArchiveTest : public MemoryRetentionTest {
+ protected:
+  void SetUp() override {
+    retention_ = absl::Milliseconds(600);
+    memory_retention_ = absl::Milliseconds(100);
+    MemoryRetentionTest::SetUp();
+  }
+};
+
+TEST_F(ShortRetentionAfterArchiveTest, AnArchivedGraphIsDeletedAtTheEndOfItsRetention) {
+  StartWorker({"default"}, 2);
+  const std::string id = Submit(Labelled(Diamond()), "req-a");
+  ASSERT_EQ(WaitTerminal(id).state(), v1::GRAPH_STATE_SUCCEEDED);
+  AwaitArchived(id);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (TryGet(id, nullptr).ok() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));  // test-side wait for the timer
+  }
+  EXPECT_EQ(TryGet(id, nullptr).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(server().engine().store().archived_count(), 0);
+  EXPECT_EQ(GraphCount(), 0);
+  Restart();
+  EXPECT_EQ(server().recovery().graphs, 0);
+}
+
 // Flips one byte in the middle of every file of the journal that holds
 // records (WAL and tables).
 void Corrupt(const fs::path& dir) {
@@ -251,7 +470,9 @@ class DiskFullTest : public DurabilityTest {
   }
   void TearDown() override {
     ForgeTest::TearDown();
-    if (mounted_) ASSERT_EQ(chdir(old_cwd_), 0);
+    if (mounted_) {
+      ASSERT_EQ(chdir(old_cwd_), 0);
+    }
   }
   void Configure(ServerOptions& o) override { o.data_dir = "data"; }
   static void Fill() {

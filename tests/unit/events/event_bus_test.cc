@@ -670,6 +670,31 @@ TEST(EventBusTest, DroppedGraphEndsItsSubscribersWithNotFound) {
             absl::StatusCode::kNotFound);
 }
 
+TEST(EventBusTest, ForgottenGraphIsNotFoundButItsSubscribersReadToTheEnd) {
+  EventBus bus;
+  ASSERT_TRUE(bus.CreateGraph("g", {}).ok());
+  std::vector<Event> events = Range(1, 9);
+  events.push_back(MakeEvent(10, forge::v1::GRAPH_SUCCEEDED));
+  ASSERT_TRUE(bus.Publish("g", events).ok());
+  Waker waker;
+  auto sub = bus.SubscribeGraph("g", 0, waker.Callback());
+  ASSERT_TRUE(sub.ok());
+  Subscription::Batch first = (*sub)->Next(4);  // a reader part-way through
+  EXPECT_EQ(Seqs(first.events), Iota(1, 4));
+  EXPECT_TRUE(bus.ForgetGraph("g"));
+  EXPECT_FALSE(bus.ForgetGraph("g"));
+  EXPECT_FALSE(bus.DropGraph("g"));
+  EXPECT_EQ(waker.calls(), 0);  // nothing for it to hear about
+  Drained rest = TakeNow(**sub);
+  EXPECT_EQ(Seqs(rest.events), Iota(5, 10));
+  EXPECT_TRUE(rest.end);
+  EXPECT_TRUE(rest.error.ok()) << rest.error;
+  EXPECT_EQ(bus.Publish("g", Range(11, 11)).code(), absl::StatusCode::kNotFound);
+  Waker w2;
+  EXPECT_EQ(bus.SubscribeGraph("g", 0, w2.Callback()).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 TEST(EventBusTest, ReorderBufferOverflowBreaksTheLogWithoutAGap) {
   BusOptions options;
   options.max_reorder_per_graph = 4;
