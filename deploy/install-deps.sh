@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
-  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev
+  libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev libjemalloc-dev
   clang-14 libclang-rt-14-dev
   python3 python3-grpcio python3-protobuf
   libcurl4-openssl-dev prometheus curl
