@@ -483,7 +483,9 @@ class Worker {
     const key = leaseKey(assignment.lease);
     this.jobs.delete(key);
     if (!result.success && result.error.code === 'CANCELLED') this.cancelReports.add(key);
-    if (this.spans && job.parent) this.spans.export(this.span(job, result, startNs));
+    // Not sampled (bit 0 of the trace flags clear): the span is not recorded.
+    const sampled = job.parent && (parseInt(job.parent.flags, 16) & 1) === 1;
+    if (this.spans && sampled) this.spans.export(this.span(job, result, startNs));
     this.send({ results: [result] });
   }
 

@@ -515,7 +515,9 @@ class Worker:
                 self._running.pop(lease_key(assignment.lease), None)
                 if result.error.code == "CANCELLED":
                     self._cancel_reports.add(lease_key(assignment.lease))
-        if self._spans is not None and job.parent is not None:
+        # Not sampled (bit 0 of the trace flags clear): the span is not recorded.
+        if (self._spans is not None and job.parent is not None
+                and int(job.parent.flags, 16) & 1):
             self._spans.export(self._span(job, result, start_ns))
         self._send(wk.WorkerMessage(results=[result]))
 

@@ -675,7 +675,8 @@ void WorkerCore::HandlerLoop() {
     Perform(op);
     const absl::Time start = absl::Now();
     TaskOutcome outcome = RunHandler(*task);
-    if (spans_ != nullptr && task->parent) ExportSpan(*task, outcome, start);
+    // Not sampled (the trace's flags say so): the span is not recorded.
+    if (spans_ != nullptr && task->parent && task->parent->sampled) ExportSpan(*task, outcome, start);
     Finish(task, std::move(outcome));
   }
 }

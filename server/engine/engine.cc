@@ -69,8 +69,9 @@ void Engine::Submit(v1::SubmitGraphRequest request,
                     const std::string& traceparent) {
   std::optional<TraceContext> caller;
   if (!traceparent.empty()) caller = ParseTraceparent(traceparent);
-  if (spans_ != nullptr) {
-    // The submit's own span (SERVER), in the caller's trace when it sent one.
+  if (spans_ != nullptr && (!caller || caller->sampled)) {
+    // The submit's own span (SERVER), in the caller's trace when it sent one
+    // (and did not mark it "not sampled").
     done = [this, caller, start = clock_->Now(), done = std::move(done)](
                absl::StatusOr<v1::SubmitGraphResponse> r) mutable {
       otlp::Span span;
@@ -142,7 +143,8 @@ void Engine::Submit(v1::SubmitGraphRequest request,
       store_.Insert(id, request.request_id(), std::move(*request.mutable_graph()),
                     *std::move(compiled), now,
                     caller ? caller->trace_id : std::string(),
-                    caller ? caller->span_id : std::string());
+                    caller ? caller->span_id : std::string(),
+                    !caller || caller->sampled);
   if (!inserted.ok() || !inserted->created) bus_.DropGraph(id);
   if (!inserted.ok()) {
     done(inserted.status());
@@ -593,7 +595,7 @@ void Engine::Observe(const store::Effects& fx) {
 }
 
 void Engine::ExportSpans(const store::Effects& fx) {
-  if (fx.trace_id.empty()) return;
+  if (fx.trace_id.empty() || !fx.trace_sampled) return;
   auto attr = [](otlp::Span& s, const char* key, otlp::AttributeValue v) {
     s.attributes.push_back({key, std::move(v)});
   };

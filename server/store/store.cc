@@ -82,6 +82,8 @@ struct Store::GraphRecord {
   // W3C trace context (hex): the graph's trace and the submitter's span.
   std::string trace_id;
   std::string parent_span_id;
+  // The submitter's traceparent did not say "not sampled".
+  bool sampled = true;
   // Left memory (Store::Archive): `spec` keeps only the graph's name,
   // labels and fail_fast; compiled, tasks and by_name are empty. The rest
   // is in the journal.
@@ -227,6 +229,7 @@ class Store::Transition {
     if (!fx_.finished_attempts.empty() || fx_.terminal_graph.has_value()) {
       fx_.trace_id = g_.trace_id;
       fx_.trace_parent_span_id = g_.parent_span_id;
+      fx_.trace_sampled = g_.sampled;
     }
     if (store_.journal_ == nullptr) return;
     persist::Batch& b = fx_.batch;
@@ -659,11 +662,13 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
                                            graph::CompiledGraph compiled,
                                            absl::Time now,
                                            std::string trace_id,
-                                           std::string parent_span_id) {
+                                           std::string parent_span_id,
+                                           bool sampled) {
   InsertResult result;
   if (trace_id.empty()) {
     trace_id = GraphTraceId(graph_id);
     parent_span_id.clear();
+    sampled = true;
   }
   const uint64_t fingerprint = request_id.empty() ? 0 : Fingerprint(spec);
   auto insert = [&]() {
@@ -675,6 +680,7 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     g->created_at = now;
     g->trace_id = std::move(trace_id);
     g->parent_span_id = std::move(parent_span_id);
+    g->sampled = sampled;
     const int32_t n = g->spec.tasks_size();
     g->tasks.resize(n);
     g->by_name.reserve(n);
@@ -702,6 +708,7 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
       ToProto(now, r.mutable_created_at());
       r.set_trace_id(rec.trace_id);
       r.set_parent_span_id(rec.parent_span_id);
+      r.set_not_sampled(!rec.sampled);
       std::string bytes = r.SerializeAsString();
       AppendLengthDelimited(&bytes, forge::journal::v1::GraphSpecRecord::kSpecFieldNumber,
                             rec.spec.SerializeAsString());
@@ -841,6 +848,7 @@ absl::StatusOr<Store::Rebuilt> Store::Rebuild(RecoveredGraph& rec,
   g->created_at = GetTime(rec.spec.created_at());
   g->trace_id = rec.spec.trace_id().empty() ? GraphTraceId(g->id) : rec.spec.trace_id();
   g->parent_span_id = rec.spec.parent_span_id();
+  g->sampled = !rec.spec.not_sampled();
   const int32_t n = g->spec.tasks_size();
   g->tasks.resize(n);
   g->by_name.reserve(n);
@@ -982,6 +990,7 @@ absl::Status Store::RestoreArchived(const RecoveredGraph& rec) {
   g->created_at = GetTime(rec.spec.created_at());
   g->trace_id = rec.spec.trace_id().empty() ? GraphTraceId(g->id) : rec.spec.trace_id();
   g->parent_span_id = rec.spec.parent_span_id();
+  g->sampled = !rec.spec.not_sampled();
   g->state = rec.state.state();
   g->cancel_requested = rec.state.cancel_requested();
   g->fail_fast_fired = rec.state.fail_fast_fired();
@@ -1175,7 +1184,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   as.set_run_timeout_ms(absl::ToInt64Milliseconds(run_timeout));
   as.set_checkpoint(t.checkpoint);
   as.set_traceparent(FormatTraceparent(
-      TraceContext{g.trace_id, AttemptSpanId(g.id, index, t.attempt), true}));
+      TraceContext{g.trace_id, AttemptSpanId(g.id, index, t.attempt), g.sampled}));
   int64_t budget = options_.max_total_upstream_bytes;
   for (int32_t d : g.compiled.deps[index]) {
     const TaskRuntime& td = g.tasks[d];

@@ -151,6 +151,7 @@ struct Effects {
   // terminal_graph are (the spans of what ended).
   std::string trace_id;
   std::string trace_parent_span_id;
+  bool trace_sampled = true;
 
   bool empty() const {
     return batch.empty() && events.empty() && ready.empty() && retries.empty() &&
@@ -225,13 +226,16 @@ class Store {
   // then TASK_READY for each root, and the roots as ready tasks.
   // `trace_id`/`parent_span_id`: the submitter's trace context (W3C hex);
   // an empty trace_id starts a trace whose id derives from the graph id.
+  // `sampled` false: the caller's trace is not sampled; nothing of the graph
+  // is exported and its assignments say so.
   absl::StatusOr<InsertResult> Insert(const std::string& graph_id,
                                       const std::string& request_id,
                                       forge::v1::GraphSpec spec,
                                       graph::CompiledGraph compiled,
                                       absl::Time now,
                                       std::string trace_id = "",
-                                      std::string parent_span_id = "");
+                                      std::string parent_span_id = "",
+                                      bool sampled = true);
 
   // Recovery: puts back a graph read from the journal (compiled from its
   // spec by the caller), with pending counts recomputed from its tasks'

@@ -315,5 +315,47 @@ TEST_F(TracingTest, AWorkerHandlerSeesItsOwnSpanAsTraceparent) {
   EXPECT_NE(mine->span_id, AttemptSpanId(id, 0, 1));
 }
 
+TEST_F(TracingTest, ANotSampledTraceExportsNothingAndTellsTheWorker) {
+  std::vector<std::string> seen;
+  absl::Mutex mu;
+  StartWorker({"default"}, 2, [&](client::TaskContext& ctx) {
+    absl::MutexLock lock(&mu);
+    seen.push_back(ctx.traceparent());
+    return Echo(ctx);
+  });
+  const std::string caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+  v1::SubmitGraphRequest req;
+  *req.mutable_graph() = Diamond();
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("traceparent", absl::StrCat("00-", caller_trace, "-00f067aa0ba902b7-00"));
+  v1::SubmitGraphResponse resp;
+  ASSERT_TRUE(stub().SubmitGraph(&ctx, req, &resp).ok());
+  const std::string quiet = resp.graph_id();
+  ASSERT_EQ(WaitTerminal(quiet).state(), v1::GRAPH_STATE_SUCCEEDED);
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_EQ(seen.size(), 4u);
+    for (const std::string& tp : seen) {
+      std::optional<TraceContext> t = ParseTraceparent(tp);
+      ASSERT_TRUE(t.has_value()) << tp;
+      EXPECT_EQ(t->trace_id, caller_trace);
+      EXPECT_FALSE(t->sampled) << tp;
+    }
+  }
+  const std::string loud = Submit(Diamond());  // sampled: the exporter works
+  ASSERT_EQ(WaitTerminal(loud).state(), v1::GRAPH_STATE_SUCCEEDED);
+  for (auto& w : workers_) w->Stop();
+  server().spans()->Flush();
+  int quiet_spans = 0, loud_spans = 0;
+  for (const SpanView& s : ParseSpans(receiver_.requests())) {
+    auto it = s.attrs.find("forge.graph.id");
+    const std::string graph = it == s.attrs.end() ? "" : it->second;
+    quiet_spans += s.trace_id == caller_trace || graph == quiet;
+    loud_spans += graph == loud;
+  }
+  EXPECT_EQ(quiet_spans, 0);
+  EXPECT_GT(loud_spans, 0);
+}
+
 }  // namespace
 }  // namespace forge::testing
