@@ -30,6 +30,7 @@
 #include "gtest/gtest.h"
 #include "server/graph/compiled_graph.h"
 #include "server/graph/rules.h"
+#include "server/persist/memory_journal.h"
 
 namespace forge::store {
 namespace {
@@ -1525,6 +1526,91 @@ TEST_F(StoreTest, ReadsGiveBackTheSubmittedDependencyNames) {
                 ElementsAreArray(spec.tasks(i).depends_on()))
         << spec.tasks(i).name();
   }
+}
+
+}  // namespace
+}  // namespace forge::store
+
+// Archive (memory retention)
+namespace forge::store {
+namespace {
+
+// A store on an inline memory journal: every commit is durable at once.
+class ArchiveTest : public StoreTest {
+ protected:
+  ArchiveTest() : journal_(persist::NewMemoryJournal(persist::MemoryJournalOptions())) {
+    store_ = std::make_unique<Store>(TestOptions(), journal_.get());
+  }
+  // a -> b, run to the end.
+  std::string Finished() {
+    const InsertResult r = Submit(Spec({{"a"}, {"b", {"a"}}}));
+    Done(Success(Start(r.graph_id, 0).assignment.lease()));
+    lease_ = Start(r.graph_id, 1).assignment.lease();
+    Done(Success(lease_));
+    return r.graph_id;
+  }
+  // Store::Archive's answer: "archived", "not archived" or the error code.
+  std::string ArchiveOf(const std::string& id) {
+    absl::StatusOr<bool> r = store_->Archive(id);
+    if (!r.ok()) return absl::StatusCodeToString(r.status().code());
+    return *r ? "archived" : "not archived";
+  }
+  std::unique_ptr<persist::Journal> journal_;
+  v1::Lease lease_;
+};
+
+TEST_F(ArchiveTest, OnlyAFinishedGraphIsArchivedAndOnlyOnce) {
+  const InsertResult live = Submit(Spec({{"a"}}));
+  EXPECT_EQ(ArchiveOf(live.graph_id), "not archived");
+  EXPECT_FALSE(store_->IsArchived(live.graph_id));
+  EXPECT_EQ(ArchiveOf("nope"), "NOT_FOUND");
+
+  const std::string id = Finished();
+  const v1::Graph hot = Get(id);
+  EXPECT_EQ(ArchiveOf(id), "archived");
+  EXPECT_EQ(ArchiveOf(id), "not archived");
+  EXPECT_TRUE(store_->IsArchived(id));
+  EXPECT_EQ(store_->archived_count(), 1);
+  EXPECT_EQ(Get(id).DebugString(), hot.DebugString());  // from the journal
+  EXPECT_EQ(Get(id, v1::BASIC).counts().succeeded(), 2);
+  EXPECT_EQ(Task(id, "b").attempt(), 1);
+  // Its attempts are over: a late report is ABORTED, a start NOT_FOUND.
+  EXPECT_EQ(store_->Complete(Success(lease_), kNow).status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(store_->Heartbeat(lease_, kNow).code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(store_->StartAttempt(id, 0, "w1", kNow).status().code(),
+            absl::StatusCode::kNotFound);
+  // Erased: gone from both counts.
+  ASSERT_TRUE(store_->Erase(id).ok());
+  EXPECT_EQ(store_->archived_count(), 0);
+  EXPECT_EQ(store_->GetGraph(id, v1::BASIC).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ArchiveTest, EphemeralStoresKeepFinishedGraphsInMemory) {
+  Reset(TestOptions());  // no journal
+  const InsertResult r = Submit(Spec({{"a"}}));
+  Done(Success(Start(r.graph_id, 0).assignment.lease()));
+  EXPECT_EQ(ArchiveOf(r.graph_id), "not archived");
+  EXPECT_FALSE(store_->IsArchived(r.graph_id));
+}
+
+TEST_F(ArchiveTest, ReadEventsPagesThroughTheJournalInOrder) {
+  const std::string id = Finished();
+  const int64_t last = LastSeq(id);
+  std::vector<v1::Event> events;
+  int64_t after = 0;
+  while (after < last) {
+    const size_t before = events.size();
+    ASSERT_TRUE(store_->ReadEvents(id, after, 2, &events).ok());
+    ASSERT_GT(events.size(), before);
+    ASSERT_LE(events.size() - before, 2u);
+    after = events.back().seq();
+  }
+  ASSERT_EQ(static_cast<int64_t>(events.size()), last);
+  for (int64_t i = 0; i < last; ++i) EXPECT_EQ(events[i].seq(), i + 1);
+  EXPECT_EQ(events.back().type(), v1::GRAPH_SUCCEEDED);
+  std::vector<v1::Event> none;
+  ASSERT_TRUE(store_->ReadEvents(id, last, 10, &none).ok());
+  EXPECT_TRUE(none.empty());
 }
 
 }  // namespace
