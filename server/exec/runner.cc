@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <system_error>
 #include <thread>
@@ -62,14 +63,22 @@ std::string LeaseKeyName(const v1::Lease& l) {
 
 // One command for the loop thread.
 struct Command {
-  enum Kind { kStart, kCancel, kKill, kTimeout, kShutdown };
+  enum Kind { kStart, kCancel, kKill, kTimeout, kShutdown, kSpawned };
   Kind kind = kStart;
   size_t profile = 0;          // kStart
   sched::Dispatch dispatch;    // kStart
   v1::Lease lease;             // kCancel
   std::string reason;          // kCancel
-  uint64_t run = 0;            // kKill, kTimeout
+  uint64_t run = 0;            // kKill, kTimeout, kSpawned
   absl::Duration grace;        // kShutdown
+  absl::Status spawned;        // kSpawned: OK, or why there is no process
+  Child child;                 // kSpawned
+};
+
+// A process to start, for the spawner thread.
+struct SpawnJob {
+  uint64_t run = 0;
+  SpawnRequest request;
 };
 
 class CommandRunner::Core : public std::enable_shared_from_this<Core> {
@@ -108,6 +117,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     ::epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev);
     absl::MutexLock lock(&join_mu_);
     thread_ = std::thread([this] { Loop(); });
+    spawner_ = std::thread([this] { SpawnLoop(); });
     return absl::OkStatus();
   }
 
@@ -148,6 +158,12 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
     Wake();
     absl::MutexLock lock(&join_mu_);
     if (thread_.joinable()) thread_.join();
+    // The loop ended once every run had ended, so nothing is left to spawn.
+    {
+      absl::MutexLock spawn_lock(&spawn_mu_);
+      spawn_closed_ = true;
+    }
+    if (spawner_.joinable()) spawner_.join();
   }
 
   RunnerStats stats() const {
@@ -251,6 +267,7 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
         case Command::kKill: Kill(c.run); break;
         case Command::kTimeout: TimedOut(c.run); break;
         case Command::kShutdown: BeginStop(c.grace); break;
+        case Command::kSpawned: Spawned(c.run, std::move(c.spawned), c.child); break;
       }
     }
   }
@@ -369,19 +386,69 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
       return;
     }
     req.path = *path;
-    absl::StatusOr<Child> child = Spawn(req);
-    if (!child.ok()) {
+    // posix_spawn returns once the child has exec'd: on the spawner thread,
+    // so this loop goes on reading, reaping and starting meanwhile. The run
+    // waits here, without a process, until kSpawned (a cancel or a stop
+    // meanwhile is applied then).
+    run->dispatch = std::move(d);
+    const uint64_t id = run->id;
+    by_lease_[LeaseKey(run->lease())] = id;
+    runs_[id] = std::move(run);
+    {
+      absl::MutexLock lock(&spawn_mu_);
+      spawn_queue_.push_back(SpawnJob{id, std::move(req)});
+    }
+  }
+
+  // The spawner thread: one posix_spawn after the other, each answered to
+  // the loop as a kSpawned command.
+  void SpawnLoop() {
+    while (true) {
+      SpawnJob job;
+      {
+        absl::MutexLock lock(&spawn_mu_);
+        spawn_mu_.Await(absl::Condition(this, &Core::SpawnWork));
+        if (spawn_queue_.empty()) return;  // closed
+        job = std::move(spawn_queue_.front());
+        spawn_queue_.pop_front();
+      }
+      absl::StatusOr<Child> child = Spawn(job.request);
+      Command c;
+      c.kind = Command::kSpawned;
+      c.run = job.run;
+      if (child.ok()) {
+        c.child = *child;
+      } else {
+        c.spawned = child.status();
+      }
+      Post(std::move(c));
+    }
+  }
+
+  bool SpawnWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(spawn_mu_) {
+    return spawn_closed_ || !spawn_queue_.empty();
+  }
+
+  void Spawned(uint64_t id, absl::Status spawned, const Child& child) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;  // cannot happen: a run waits for this
+    std::unique_ptr<Run>& run = it->second;
+    const CommandProfile& p = *run->profile;
+    if (!spawned.ok()) {
       RemoveWorkdir(*run);
-      Refuse(executor_id, d, "SPAWN_FAILED", std::string(child.status().message()),
-             !absl::IsResourceExhausted(child.status()));
+      const sched::Dispatch d = std::move(run->dispatch);
+      by_lease_.erase(LeaseKey(d.assignment.lease()));
+      const std::string executor_id = run->executor_id;
+      runs_.erase(it);
+      Refuse(executor_id, d, "SPAWN_FAILED", std::string(spawned.message()),
+             !absl::IsResourceExhausted(spawned));
       return;
     }
-    run->pid = child->pid;
-    run->pidfd = PidfdOpen(child->pid);
-    run->stdin_fd = child->stdin_fd;
-    run->out.fd = child->stdout_fd;
-    run->err.fd = child->stderr_fd;
-    run->dispatch = std::move(d);
+    run->pid = child.pid;
+    run->pidfd = PidfdOpen(child.pid);
+    run->stdin_fd = child.stdin_fd;
+    run->out.fd = child.stdout_fd;
+    run->err.fd = child.stderr_fd;
     FORGE_LOG(DEBUG, "process spawned")
         .With("graph_id", run->lease().graph_id())
         .With("task", run->lease().task_index())
@@ -412,11 +479,12 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
       Finish(*run);
       return;
     }
-    if (p.timeout > absl::ZeroDuration()) {
+    if (!run->stop_code.empty()) {
+      // Cancelled (or the server stopping) while it was being spawned.
+      SignalGroup(run->pid, SIGKILL);
+    } else if (p.timeout > absl::ZeroDuration()) {
       run->timeout_timer = After(p.timeout, Command::kTimeout, run->id);
     }
-    by_lease_[LeaseKey(run->lease())] = run->id;
-    runs_[run->id] = std::move(run);
   }
 
   // Schedules a command for the loop on the one timer service.
@@ -668,6 +736,10 @@ class CommandRunner::Core : public std::enable_shared_from_this<Core> {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex join_mu_;
   std::thread thread_ ABSL_GUARDED_BY(join_mu_);
+  std::thread spawner_ ABSL_GUARDED_BY(join_mu_);
+  absl::Mutex spawn_mu_;
+  std::deque<SpawnJob> spawn_queue_ ABSL_GUARDED_BY(spawn_mu_);
+  bool spawn_closed_ ABSL_GUARDED_BY(spawn_mu_) = false;
 
   // Loop thread only.
   absl::flat_hash_map<uint64_t, std::unique_ptr<Run>> runs_;
