@@ -71,7 +71,8 @@ std::vector<prometheus::MetricFamily> Collect(const Sources& src) {
         engine.store().archived_count());
   counter("forge_events_published_total", "Events made visible to watchers.",
           bus.events_published());
-  gauge("forge_watch_subscribers", "Open Watch subscriptions.", bus.subscribers());
+  gauge("forge_watch_subscribers", "Open Watch subscriptions.",
+        bus.subscribers() + engine.archived_watchers());
   counter("forge_watch_subscribers_cut_off_total",
           "Watchers ended for falling behind (RESOURCE_EXHAUSTED or OUT_OF_RANGE).",
           bus.subscribers_cut_off());

@@ -276,8 +276,15 @@ namespace {
 class ArchivedLog final : public events::Subscription {
  public:
   ArchivedLog(const store::Store& store, std::string graph_id, int64_t after_seq,
-              int64_t last_seq)
-      : store_(store), graph_id_(std::move(graph_id)), pos_(after_seq), last_seq_(last_seq) {}
+              int64_t last_seq, std::shared_ptr<std::atomic<int64_t>> open)
+      : store_(store),
+        graph_id_(std::move(graph_id)),
+        pos_(after_seq),
+        last_seq_(last_seq),
+        open_(std::move(open)) {
+    open_->fetch_add(1, std::memory_order_relaxed);
+  }
+  ~ArchivedLog() override { Close(); }
 
   Batch Next(size_t max) override {
     Batch b;
@@ -317,6 +324,7 @@ class ArchivedLog final : public events::Subscription {
   bool Overflowed() const override { return false; }
   void Close() override {
     absl::MutexLock lock(&mu_);
+    if (!closed_) open_->fetch_sub(1, std::memory_order_relaxed);
     closed_ = true;
   }
 
@@ -328,6 +336,8 @@ class ArchivedLog final : public events::Subscription {
   const int64_t last_seq_;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  // Open subscriptions of this kind (the engine's count, for metrics).
+  const std::shared_ptr<std::atomic<int64_t>> open_;
 };
 
 }  // namespace
@@ -341,7 +351,8 @@ absl::StatusOr<std::shared_ptr<events::Subscription>> Engine::SubscribeGraph(
   absl::StatusOr<v1::Graph> g = store_.GetGraph(graph_id, v1::BASIC);
   if (!g.ok() || !store_.IsArchived(graph_id)) return sub;
   return std::shared_ptr<events::Subscription>(
-      std::make_shared<ArchivedLog>(store_, graph_id, after_seq, g->last_seq()));
+      std::make_shared<ArchivedLog>(store_, graph_id, after_seq, g->last_seq(),
+                                    archived_watchers_));
 }
 
 absl::StatusOr<RecoveryStats> Engine::Recover() {

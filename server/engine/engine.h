@@ -143,6 +143,11 @@ class Engine {
   absl::StatusOr<std::shared_ptr<events::Subscription>> SubscribeGraph(
       const std::string& graph_id, int64_t after_seq,
       absl::AnyInvocable<void()> notify);
+  // Open graph subscriptions served from the journal (the bus counts the
+  // others).
+  int64_t archived_watchers() const {
+    return archived_watchers_->load(std::memory_order_relaxed);
+  }
 
   // Extra validation of submitted specs beyond graph::Compile (the command
   // runner checks that tasks on its queues carry the params its profiles
@@ -266,6 +271,9 @@ class Engine {
   SpecValidator validator_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> abandoning_{false};
+  // Shared with the subscriptions it counts (they hold it while open).
+  const std::shared_ptr<std::atomic<int64_t>> archived_watchers_ =
+      std::make_shared<std::atomic<int64_t>>(0);
   std::atomic<int64_t> graphs_submitted_{0};
   std::atomic<int64_t> tasks_submitted_{0};
   std::atomic<int64_t> tasks_dispatched_{0};

@@ -344,6 +344,16 @@ TEST_F(MemoryRetentionTest, AFinishedGraphLeavesMemoryAndReadsTheSameFromDisk) {
   AwaitArchived(id);
   EXPECT_EQ(server().engine().store().archived_count(), 1);
   ExpectSame(hot, ReadAll(id));
+  // Watchers reading the journal count as watchers (forge_watch_subscribers).
+  EXPECT_EQ(server().engine().archived_watchers(), 0);  // ReadAll's are closed
+  {
+    absl::StatusOr<std::shared_ptr<events::Subscription>> sub =
+        server().engine().SubscribeGraph(id, 0, [] {});
+    ASSERT_TRUE(sub.ok()) << sub.status();
+    EXPECT_EQ(server().engine().archived_watchers(), 1);
+    EXPECT_EQ((*sub)->Next(1000).events.size(), hot.replay.size());
+  }
+  EXPECT_EQ(server().engine().archived_watchers(), 0);
   // Waiting on it returns at once; cancels change nothing and still know its tasks.
   EXPECT_EQ(WaitTerminal(id).state(), v1::GRAPH_STATE_SUCCEEDED);
   {
