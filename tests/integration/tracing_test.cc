@@ -90,7 +90,7 @@ class OtlpReceiver {
       size_t length = 0;
       for (absl::string_view line : absl::StrSplit(head, "\r\n")) {
         if (absl::StartsWithIgnoreCase(line, "content-length:")) {
-          absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(15)), &length);
+          if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(15)), &length)) length = 0;
         }
       }
       while (buf.size() < header_end + 4 + length) {
