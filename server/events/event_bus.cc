@@ -638,25 +638,23 @@ absl::Status EventBus::PublishGlobal(Event event) {
   return absl::OkStatus();
 }
 
-bool EventBus::ForgetGraph(const std::string& graph_id) {
-  std::shared_ptr<GraphLog> log;  // released after the lock
+std::shared_ptr<GraphLog> EventBus::Unlink(const std::string& graph_id) {
   absl::MutexLock lock(&graphs_mu_);
   auto it = graphs_.find(graph_id);
-  if (it == graphs_.end()) return false;
-  log = std::move(it->second);
+  if (it == graphs_.end()) return nullptr;
+  std::shared_ptr<GraphLog> log = std::move(it->second);
   graphs_.erase(it);
-  return true;
+  return log;
+}
+
+bool EventBus::ForgetGraph(const std::string& graph_id) {
+  // The log lives on with its subscribers (freed with the last of them).
+  return Unlink(graph_id) != nullptr;
 }
 
 bool EventBus::DropGraph(const std::string& graph_id) {
-  std::shared_ptr<GraphLog> log;
-  {
-    absl::MutexLock lock(&graphs_mu_);
-    auto it = graphs_.find(graph_id);
-    if (it == graphs_.end()) return false;
-    log = std::move(it->second);
-    graphs_.erase(it);
-  }
+  const std::shared_ptr<GraphLog> log = Unlink(graph_id);
+  if (log == nullptr) return false;
   Notifications notify;
   std::vector<EventPtr> freed;
   std::map<int64_t, EventPtr> freed_reorder;

@@ -255,6 +255,10 @@ class EventBus {
   uint64_t subscribers_cut_off() const;  // overflowed or position overwritten
 
  private:
+  // Removes a graph's log from the map (no other lock held) and returns it;
+  // null if unknown.
+  std::shared_ptr<internal::GraphLog> Unlink(const std::string& graph_id)
+      ABSL_LOCKS_EXCLUDED(graphs_mu_);
   std::shared_ptr<internal::GraphLog> FindGraph(
       const std::string& graph_id) const ABSL_LOCKS_EXCLUDED(graphs_mu_);
 

@@ -56,6 +56,28 @@ class DurabilityTest : public ForgeTest {
     return s;
   }
 
+  // What the engine answers a result for `lease` from a worker that is gone.
+  absl::Status LateResult(const v1::Lease& lease, const std::string& output = "late") {
+    v1::TaskResult late;
+    *late.mutable_lease() = lease;
+    late.set_success(true);
+    late.set_output(output);
+    // Shared with the ack: it outlives this call if the ack never comes.
+    struct Ack {
+      absl::Notification done;
+      absl::Status status;
+    };
+    auto ack = std::make_shared<Ack>();
+    server().engine().OnResult("ghost", 0, late, [ack](absl::Status s) {
+      ack->status = s;
+      ack->done.Notify();
+    });
+    if (!ack->done.WaitForNotificationWithTimeout(absl::Seconds(10))) {
+      return absl::DeadlineExceededError("no ack within 10 s");
+    }
+    return ack->status;
+  }
+
   ScopedTempDir tmp_{"forge-durability-test"};
   const fs::path dir_ = tmp_.path();
   absl::Duration retention_ = absl::Hours(24);
@@ -127,18 +149,8 @@ TEST_F(DurabilityTest, ARunningAttemptIsRedispatchedAndItsOldLeaseRefused) {
   EXPECT_EQ(server().recovery().restarted_attempts, 1);
 
   // The interrupted attempt is over: a late result for it changes nothing.
-  v1::TaskResult late;
-  *late.mutable_lease() = old;
-  late.set_success(true);
-  late.set_output("late");
-  absl::Notification acked;
-  absl::Status ack_status;
-  server().engine().OnResult("ghost", 0, late, [&](absl::Status s) {
-    ack_status = s;
-    acked.Notify();
-  });
-  ASSERT_TRUE(acked.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(ack_status.code(), absl::StatusCode::kAborted) << ack_status;
+  const absl::Status late = LateResult(old);
+  EXPECT_EQ(late.code(), absl::StatusCode::kAborted) << late;
 
   // A new attempt runs, though max_attempts is 1: a restart does not count.
   StartWorker({"default"}, 1);
@@ -366,20 +378,13 @@ TEST_F(MemoryRetentionTest, AFinishedGraphLeavesMemoryAndReadsTheSameFromDisk) {
   EXPECT_EQ(CancelTaskCode(id, "a"), grpc::StatusCode::OK);
   EXPECT_EQ(CancelTaskCode(id, "zz"), grpc::StatusCode::NOT_FOUND);
   // A late result for one of its attempts is refused.
-  v1::TaskResult late;
-  late.mutable_lease()->set_graph_id(id);
-  late.mutable_lease()->set_task_index(0);
-  late.mutable_lease()->set_attempt(1);
-  late.mutable_lease()->set_epoch(1);
-  late.set_success(true);
-  absl::Notification acked;
-  absl::Status ack_status;
-  server().engine().OnResult("ghost", 0, late, [&](absl::Status s) {
-    ack_status = s;
-    acked.Notify();
-  });
-  ASSERT_TRUE(acked.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(ack_status.code(), absl::StatusCode::kAborted) << ack_status;
+  v1::Lease lease;
+  lease.set_graph_id(id);
+  lease.set_task_index(0);
+  lease.set_attempt(1);
+  lease.set_epoch(1);
+  const absl::Status late = LateResult(lease);
+  EXPECT_EQ(late.code(), absl::StatusCode::kAborted) << late;
   ExpectSame(hot, ReadAll(id));
 
   // A restart leaves it on disk: nothing of it is compiled or replayed.

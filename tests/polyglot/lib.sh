@@ -63,6 +63,16 @@ wait_exit() {
   wait "$1" || exit_rc=$?
 }
 
+# start_otlp_receiver INTERPRETER SCRIPT: the test's OTLP/HTTP receiver
+# (SCRIPT writes each request under $tmp/otlp and prints "otlp receiver
+# listening on HOST:PORT"); sets otlp_pid and otlp (its URL).
+start_otlp_receiver() {
+  "$1" "$2" "$tmp/otlp" >"$tmp/otlp.out" 2>"$tmp/otlp.err" &
+  otlp_pid=$!
+  wait_for_line "$tmp/otlp.out" '^otlp receiver listening on ' "$otlp_pid" "the OTLP receiver"
+  otlp=http://$(sed -n 's/^otlp receiver listening on //p' "$tmp/otlp.out")
+}
+
 # start_forged FORGED [FLAG...]: forged (ephemeral, no metrics) on a free
 # port, with the extra flags; sets forged_pid and server (HOST:PORT).
 start_forged() {

@@ -62,10 +62,7 @@ server.listen(0, '127.0.0.1', () => {
   console.log(`otlp receiver listening on 127.0.0.1:${server.address().port}`);
 });
 EOF
-"$NODE" "$tmp/otlp_receiver.js" "$tmp/otlp" >"$tmp/otlp.out" 2>"$tmp/otlp.err" &
-otlp_pid=$!
-wait_for_line "$tmp/otlp.out" '^otlp receiver listening on ' "$otlp_pid" "the OTLP receiver"
-otlp=http://$(sed -n 's/^otlp receiver listening on //p' "$tmp/otlp.out")
+start_otlp_receiver "$NODE" "$tmp/otlp_receiver.js"
 
 # --- forged on a free port --------------------------------------------------
 start_forged "$FORGED" --otlp-endpoint "$otlp"

@@ -47,10 +47,7 @@ server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 print(f"otlp receiver listening on 127.0.0.1:{server.server_port}", flush=True)
 server.serve_forever()
 EOF
-"$PY" "$tmp/otlp_receiver.py" "$tmp/otlp" >"$tmp/otlp.out" 2>"$tmp/otlp.err" &
-otlp_pid=$!
-wait_for_line "$tmp/otlp.out" '^otlp receiver listening on ' "$otlp_pid" "the OTLP receiver"
-otlp=http://$(sed -n 's/^otlp receiver listening on //p' "$tmp/otlp.out")
+start_otlp_receiver "$PY" "$tmp/otlp_receiver.py"
 
 # --- forged on a free port --------------------------------------------------
 start_forged "$FORGED" --otlp-endpoint "$otlp"
