@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # forged's structured logs with the real binaries:
-#   1. a bad --log-format / --log-level exits 2 naming the flag;
+#   1. a bad --log-format / --log-level, or a negative --retention /
+#      --memory-retention, exits 2 naming the flag;
 #   2. --log-format json --log-level debug: every stderr line is a JSON object
 #      with time, level and msg; a worker's connect and disconnect carry its
 #      worker_id; the runner's spawn and exit lines (debug) carry graph_id,
@@ -31,6 +32,16 @@ for flag in --log-format --log-level; do
   grep -q -- "$flag" "$work/bad.err" || fail "$flag loud: message does not name the flag: $(cat "$work/bad.err")"
 done
 echo "ok: bad --log-format / --log-level exit 2 naming the flag"
+for flag in --retention --memory-retention; do
+  set +e
+  timeout 10 "$bin/forged" "$flag" -1s --listen 127.0.0.1:0 --ephemeral --metrics-listen "" 2>"$work/bad.err"
+  rc=$?
+  set -e
+  [ "$rc" -eq 2 ] || fail "$flag -1s exited $rc, want 2"
+  grep -q -- "$flag: must not be negative" "$work/bad.err" ||
+    fail "$flag -1s: message does not name the flag: $(cat "$work/bad.err")"
+done
+echo "ok: a negative --retention / --memory-retention exits 2 naming the flag"
 
 cat >"$work/forge.yaml" <<YAML
 runner:
