@@ -20,6 +20,16 @@
 #include "server/forge_server.h"
 #include "server/server_config.h"
 
+#ifdef FORGE_JEMALLOC
+// jemalloc's options, read at start (MALLOC_CONF in the environment still
+// overrides them). Its own background threads give freed memory back to the
+// system about a second after it was last used, so a server whose big graph
+// finished (or left memory) shrinks even when idle; without them an idle
+// process keeps every page it ever freed.
+extern "C" const char* malloc_conf;
+const char* malloc_conf = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+#endif
+
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
           "gRPC listen address HOST:PORT (port 0 = any free port)");
 ABSL_FLAG(bool, ephemeral, false,

@@ -313,17 +313,25 @@ absl::StatusOr<CompiledGraph> Compile(const GraphSpec& spec,
                    limits.max_total_input_bytes);
   }
 
+  // Dependencies, deduplicated, in one array. seen_by[j] == i: j is
+  // already among task i's. One stamp per task dedupes depends_on in O(1)
+  // per entry without a set per task.
+  std::vector<uint32_t> dep_offsets(n + 1, 0);
+  std::vector<int32_t> dep_items;
+  {
+    int64_t entries = 0;
+    for (int i = 0; i < n; ++i) entries += spec.tasks(i).depends_on_size();
+    if (entries > std::numeric_limits<int32_t>::max()) {
+      return Invalid("tasks: ", entries, " dependencies exceed the limit of ",
+                     std::numeric_limits<int32_t>::max());
+    }
+    dep_items.reserve(static_cast<size_t>(entries));
+  }
   CompiledGraph g;
-  g.deps.resize(n);
-  g.dependents.resize(n);
-  // seen_by[j] == i: j is already in deps[i]. One stamp per task dedupes
-  // depends_on in O(1) per entry without a set per task.
   std::vector<int32_t> seen_by(n, -1);
-  std::vector<int32_t> fan_out(n, 0);  // dependents per task, to reserve
+  std::vector<uint32_t> fan_out(n + 1, 0);  // dependents per task
   for (int32_t i = 0; i < n; ++i) {
     const auto& names = spec.tasks(i).depends_on();
-    std::vector<int32_t>& deps = g.deps[i];
-    deps.reserve(names.size());
     for (int k = 0; k < names.size(); ++k) {
       auto it = index.find(absl::string_view(names[k]));
       if (it == index.end()) {
@@ -337,19 +345,30 @@ absl::StatusOr<CompiledGraph> Compile(const GraphSpec& spec,
       }
       if (seen_by[j] == i) continue;
       seen_by[j] = i;
-      deps.push_back(j);
+      dep_items.push_back(j);
       ++fan_out[j];
     }
-    if (deps.empty()) g.roots.push_back(i);
+    dep_offsets[i + 1] = static_cast<uint32_t>(dep_items.size());
+    if (dep_offsets[i + 1] == dep_offsets[i]) g.roots.push_back(i);
   }
-  for (int32_t j = 0; j < n; ++j) g.dependents[j].reserve(fan_out[j]);
+  dep_items.shrink_to_fit();  // duplicates dropped
+  // Dependents: the reverse edges, each list in index order (counting sort).
+  std::vector<uint32_t> rev_offsets(n + 1, 0);
+  for (int32_t j = 0; j < n; ++j) rev_offsets[j + 1] = rev_offsets[j] + fan_out[j];
+  std::vector<int32_t> rev_items(dep_items.size());
+  std::vector<uint32_t>& cursor = fan_out;  // reused: next free slot per task
+  std::copy(rev_offsets.begin(), rev_offsets.end(), cursor.begin());
   for (int32_t i = 0; i < n; ++i) {
-    for (int32_t j : g.deps[i]) g.dependents[j].push_back(i);
+    for (uint32_t e = dep_offsets[i]; e < dep_offsets[i + 1]; ++e) {
+      rev_items[cursor[dep_items[e]]++] = i;
+    }
   }
+  g.deps = IndexLists(std::move(dep_offsets), std::move(dep_items));
+  g.dependents = IndexLists(std::move(rev_offsets), std::move(rev_items));
 
   // Kahn's algorithm, with topo_order as its FIFO queue: roots in spec order,
   // then each task once its last dependency is placed.
-  std::vector<int32_t>& pending = fan_out;  // reused: deps not yet placed
+  std::vector<int32_t>& pending = seen_by;  // reused: deps not yet placed
   for (int32_t i = 0; i < n; ++i) {
     pending[i] = static_cast<int32_t>(g.deps[i].size());
   }

@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "forge/v1/types.pb.h"
 
 namespace forge::graph {
@@ -32,13 +34,38 @@ struct Limits {
   int64_t max_priority = 1000000;             // |priority|
 };
 
+// One list of task indices per task, all in one array (compressed rows):
+// 4 bytes a task plus 4 an entry, where a vector per task took 24 plus an
+// allocation. Built by Compile.
+class IndexLists {
+ public:
+  IndexLists() = default;
+  // List i is items[offsets[i], offsets[i+1]); offsets has one entry more
+  // than there are lists, the first 0 and the last items.size().
+  IndexLists(std::vector<uint32_t> offsets, std::vector<int32_t> items)
+      : offsets_(std::move(offsets)), items_(std::move(items)) {}
+
+  absl::Span<const int32_t> operator[](int32_t i) const {
+    return absl::MakeConstSpan(items_.data() + offsets_[i],
+                               offsets_[i + 1] - offsets_[i]);
+  }
+  // Lists (tasks), not entries.
+  size_t size() const { return offsets_.empty() ? 0 : offsets_.size() - 1; }
+  size_t entries() const { return items_.size(); }
+
+ private:
+  std::vector<uint32_t> offsets_;
+  std::vector<int32_t> items_;
+};
+
 // A validated graph in index form. Task i is spec.tasks(i).
 struct CompiledGraph {
   // deps[i]: indices of task i's dependencies (deduplicated order of
   // depends_on).
-  std::vector<std::vector<int32_t>> deps;
-  // dependents[i]: indices of the tasks that depend on task i.
-  std::vector<std::vector<int32_t>> dependents;
+  IndexLists deps;
+  // dependents[i]: indices of the tasks that depend on task i, in index
+  // order.
+  IndexLists dependents;
   // Indices of the tasks with no dependency, in spec order.
   std::vector<int32_t> roots;
   // A topological order of all tasks (dependencies first).

@@ -60,14 +60,56 @@ struct Store::TaskRuntime {
   std::vector<v1::Attempt> attempts;
 };
 
+namespace {
+
+const std::string& QueueOf(const std::string& queue) {
+  static const std::string* kDefault = new std::string("default");
+  return queue.empty() ? *kDefault : queue;
+}
+
+}  // namespace
+
+// What the store keeps of a task's spec. A plain task (a name, a queue, a
+// priority, a trigger and its dependencies, which the compiled graph holds
+// as indices) costs a TaskDef alone, ~48 bytes where its v1::TaskSpec took
+// ~500 (three map fields); a task with any other field set (input, params,
+// labels, env, an ordering key, a retry policy, timeouts) also keeps the
+// rest of its spec.
+struct TaskDef {
+  std::string name;
+  int32_t queue = 0;     // GraphRecord::queues
+  int32_t priority = 0;
+  int32_t rest = -1;     // GraphRecord::rests, or none
+  v1::Trigger trigger = v1::TRIGGER_UNSPECIFIED;
+};
+
 struct Store::GraphRecord {
   std::string id;
   std::string request_id;
+  // The graph's own fields (name, labels, fail_fast); its tasks are `defs`.
   v1::GraphSpec spec;
+  std::vector<TaskDef> defs;
+  // The queue names tasks gave, as given ("" for the default queue).
+  std::vector<std::string> queues;
+  // The other fields of tasks that set any (TaskDef::rest): the spec of
+  // the task without its name, queue, priority, trigger and dependencies
+  // (those stay when the list named a dependency twice: the compiled graph
+  // holds it once).
+  std::vector<v1::TaskSpec> rests;
   graph::CompiledGraph compiled;
   std::vector<TaskRuntime> tasks;
-  // Keys view the names inside `spec`, which never changes after insert.
+  // Keys view the names inside `defs`, which never change after insert.
   absl::flat_hash_map<absl::string_view, int32_t> by_name;
+
+  const std::string& Name(int32_t i) const { return defs[i].name; }
+  // The task's queue, "default" when it named none.
+  const std::string& Queue(int32_t i) const { return QueueOf(queues[defs[i].queue]); }
+  const v1::TaskSpec& Rest(int32_t i) const {
+    return defs[i].rest < 0 ? v1::TaskSpec::default_instance() : rests[defs[i].rest];
+  }
+  // Takes the tasks out of `spec` (moved, not copied), leaving the graph's
+  // own fields; builds by_name.
+  void SetTasks(v1::GraphSpec&& spec);
   v1::GraphState state = v1::GRAPH_STATE_RUNNING;
   int64_t seq = 0;
   bool cancel_requested = false;
@@ -84,11 +126,46 @@ struct Store::GraphRecord {
   std::string parent_span_id;
   // The submitter's traceparent did not say "not sampled".
   bool sampled = true;
-  // Left memory (Store::Archive): `spec` keeps only the graph's name,
-  // labels and fail_fast; compiled, tasks and by_name are empty. The rest
-  // is in the journal.
+  // Left memory (Store::Archive): defs, queues, rests, compiled, tasks and
+  // by_name are empty; `spec` and the summary fields stay. The rest is in
+  // the journal.
   bool archived = false;
 };
+
+void Store::GraphRecord::SetTasks(v1::GraphSpec&& from) {
+  const int32_t n = from.tasks_size();
+  defs.resize(n);
+  absl::flat_hash_map<std::string, int32_t> queue_index;
+  for (int32_t i = 0; i < n; ++i) {
+    v1::TaskSpec& t = *from.mutable_tasks(i);
+    TaskDef& d = defs[i];
+    d.name = std::move(*t.mutable_name());
+    t.clear_name();
+    auto [it, added] =
+        queue_index.try_emplace(t.queue(), static_cast<int32_t>(queues.size()));
+    if (added) queues.push_back(t.queue());
+    d.queue = it->second;
+    t.clear_queue();
+    d.priority = t.priority();
+    t.clear_priority();
+    d.trigger = t.trigger();
+    t.clear_trigger();
+    if (t.depends_on_size() == static_cast<int>(compiled.deps[i].size())) {
+      // Clear() would keep the strings for reuse: swapped out, they go.
+      google::protobuf::RepeatedPtrField<std::string>().Swap(t.mutable_depends_on());
+    }
+    if (t.ByteSizeLong() > 0) {
+      d.rest = static_cast<int32_t>(rests.size());
+      rests.push_back(std::move(t));
+    }
+  }
+  rests.shrink_to_fit();
+  std::vector<int32_t>().swap(compiled.topo_order);  // nothing runs on it
+  google::protobuf::RepeatedPtrField<v1::TaskSpec>().Swap(from.mutable_tasks());
+  spec = std::move(from);
+  by_name.reserve(n);
+  for (int32_t i = 0; i < n; ++i) by_name.emplace(defs[i].name, i);
+}
 
 struct Store::Rebuilt {
   std::unique_ptr<GraphRecord> graph;
@@ -111,24 +188,6 @@ void Bump(v1::TaskCounts& c, v1::TaskState s, int delta) {
   }
 }
 
-// The compiled graph holds every task's dependencies as indices: the names
-// in the spec are dropped once it is compiled (and journaled), ~130 bytes a
-// task for two dependencies, and given back by FillTask. A list that named a
-// dependency twice is kept as it was (the compiled one has it once).
-void DropDependencyNames(v1::GraphSpec& spec, const graph::CompiledGraph& compiled) {
-  for (int i = 0; i < spec.tasks_size(); ++i) {
-    v1::TaskSpec* t = spec.mutable_tasks(i);
-    if (t->depends_on_size() == static_cast<int>(compiled.deps[i].size())) {
-      // Clear() would keep the strings for reuse: swapped out, they go.
-      google::protobuf::RepeatedPtrField<std::string>().Swap(t->mutable_depends_on());
-    }
-  }
-}
-
-const std::string& QueueOf(const v1::TaskSpec& spec) {
-  static const std::string* kDefault = new std::string("default");
-  return spec.queue().empty() ? *kDefault : spec.queue();
-}
 
 v1::EventType EventFor(v1::TaskState s) {
   switch (s) {
@@ -297,11 +356,10 @@ class Store::Transition {
     // Every visible change of a task emits an event: its record follows
     // (live output changes nothing the record holds).
     if (type != v1::TASK_OUTPUT) MarkDirty(i);
-    const v1::TaskSpec& spec = g_.spec.tasks(i);
     v1::Event& e = Emit(type);
-    e.set_task(spec.name());
+    e.set_task(g_.Name(i));
     e.set_attempt(g_.tasks[i].attempt);
-    e.set_queue(QueueOf(spec));
+    e.set_queue(g_.Queue(i));
     return e;
   }
 
@@ -336,12 +394,12 @@ class Store::Transition {
     t.backing_off = false;
     t.ready_at = now_;
     EmitTask(v1::TASK_READY, i);
-    const v1::TaskSpec& spec = g_.spec.tasks(i);
+    const v1::TaskSpec& spec = g_.Rest(i);
     ReadyTask& r = fx_.ready.emplace_back();
     r.graph_id = g_.id;
     r.index = i;
-    r.queue = QueueOf(spec);
-    r.priority = spec.priority();
+    r.queue = g_.Queue(i);
+    r.priority = g_.defs[i].priority;
     r.ordering_key = spec.ordering_key();
     r.ready_seq = store_.next_ready_seq_.fetch_add(1, std::memory_order_relaxed);
     t.ready_seq = r.ready_seq;
@@ -361,7 +419,7 @@ class Store::Transition {
   // Arms the run-timeout and (if `heartbeat`) heartbeat timers of task i's
   // new attempt.
   void ArmAttemptTimers(int32_t i, bool heartbeat) {
-    const v1::Timeouts& to = g_.spec.tasks(i).timeouts();
+    const v1::Timeouts& to = g_.Rest(i).timeouts();
     const graph::PolicyDefaults& d = store_.options_.defaults;
     const absl::Duration run = to.has_run() ? FromProto(to.run()) : d.run_timeout;
     const absl::Duration hb =
@@ -423,10 +481,10 @@ class Store::Transition {
       g_.fail_fast_fired = true;
       MarkGraphDirty();
       const std::string why =
-          absl::StrCat("fail_fast: task ", g_.spec.tasks(i).name(), " failed");
+          absl::StrCat("fail_fast: task ", g_.Name(i), " failed");
       for (int32_t k = 0; k < static_cast<int32_t>(g_.tasks.size()); ++k) {
         const v1::TaskState ks = g_.tasks[k].state;
-        const v1::Trigger trig = g_.spec.tasks(k).trigger();
+        const v1::Trigger trig = g_.defs[k].trigger;
         const bool wants_failures =
             trig == v1::ALL_DONE || trig == v1::ONE_FAILED;
         if ((ks == v1::PENDING || ks == v1::READY) && !wants_failures) {
@@ -450,13 +508,13 @@ class Store::Transition {
         --td.pending;
         if (outcome != v1::SUCCEEDED) ++td.unsuccessful;
         if (outcome == v1::FAILED) ++td.failed;
-        switch (graph::Decide(g_.spec.tasks(d).trigger(), td.pending,
+        switch (graph::Decide(g_.defs[d].trigger, td.pending,
                               td.unsuccessful, td.failed)) {
           case graph::Decision::kReady:
             MakeReady(d);
             break;
           case graph::Decision::kSkip:
-            Terminate(d, v1::SKIPPED, SkipReason(g_.spec.tasks(d).trigger()));
+            Terminate(d, v1::SKIPPED, SkipReason(g_.defs[d].trigger));
             break;
           case graph::Decision::kWait:
             break;
@@ -485,8 +543,7 @@ class Store::Transition {
                     const std::string& cancel_reason) {
     const TaskRuntime& t = g_.tasks[i];
     FinishedAttempt& f = fx_.finished_attempts.emplace_back();
-    const v1::TaskSpec& spec = g_.spec.tasks(i);
-    f.queue = QueueOf(spec);
+    f.queue = g_.Queue(i);
     f.index = i;
     f.attempt = t.attempt;
     f.ready_at = t.ready_at;
@@ -498,7 +555,7 @@ class Store::Transition {
     // Names and messages are for spans only: not copied on the hot path
     // when nothing traces.
     if (!store_.attempt_details_.load(std::memory_order_relaxed)) return;
-    f.task = spec.name();
+    f.task = g_.Name(i);
     f.worker_id = t.worker_id;
     if (outcome == v1::CANCELLED) {
       f.error_message = cancel_reason;
@@ -521,7 +578,7 @@ class Store::Transition {
     }
     a.set_exit_code(result.exit_code());
     t.exit_code = result.exit_code();
-    const v1::TaskSpec& spec = g_.spec.tasks(i);
+    const v1::TaskSpec& spec = g_.Rest(i);
     const int64_t max_output = store_.options_.max_output_bytes;
     if (result.success() &&
         static_cast<int64_t>(result.output().size()) > max_output) {
@@ -672,20 +729,37 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
   }
   const uint64_t fingerprint = request_id.empty() ? 0 : Fingerprint(spec);
   auto insert = [&]() {
+    std::string spec_bytes;
+    if (journal_ != nullptr) {
+      // The spec is written once, as submitted; it is by far the largest
+      // record (a 1,000,000-task graph is ~40 MB), so it is encoded straight
+      // from the spec rather than copied into a record first, and before
+      // the shard lock.
+      forge::journal::v1::GraphSpecRecord r;
+      r.set_version(kRecordVersion);
+      r.set_id(graph_id);
+      r.set_request_id(request_id);
+      ToProto(now, r.mutable_created_at());
+      r.set_trace_id(trace_id);
+      r.set_parent_span_id(parent_span_id);
+      r.set_not_sampled(!sampled);
+      spec_bytes = r.SerializeAsString();
+      AppendLengthDelimited(&spec_bytes,
+                            forge::journal::v1::GraphSpecRecord::kSpecFieldNumber,
+                            spec.SerializeAsString());
+    }
     auto g = std::make_unique<GraphRecord>();
     g->id = graph_id;
     g->request_id = request_id;
-    g->spec = std::move(spec);
     g->compiled = std::move(compiled);
+    g->SetTasks(std::move(spec));
     g->created_at = now;
     g->trace_id = std::move(trace_id);
     g->parent_span_id = std::move(parent_span_id);
     g->sampled = sampled;
-    const int32_t n = g->spec.tasks_size();
+    const int32_t n = static_cast<int32_t>(g->defs.size());
     g->tasks.resize(n);
-    g->by_name.reserve(n);
     for (int32_t i = 0; i < n; ++i) {
-      g->by_name.emplace(g->spec.tasks(i).name(), i);
       g->tasks[i].pending = static_cast<int32_t>(g->compiled.deps[i].size());
     }
     g->counts.set_pending(n);
@@ -698,21 +772,7 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
     e.set_message(rec.spec.name());
     for (int32_t root : rec.compiled.roots) tx.MakeReady(root);
     if (journal_ != nullptr) {
-      // The spec is written once, as submitted; it is by far the largest
-      // record (a 1,000,000-task graph is ~40 MB), so it is encoded straight
-      // from the spec rather than copied into a record first.
-      forge::journal::v1::GraphSpecRecord r;
-      r.set_version(kRecordVersion);
-      r.set_id(rec.id);
-      r.set_request_id(rec.request_id);
-      ToProto(now, r.mutable_created_at());
-      r.set_trace_id(rec.trace_id);
-      r.set_parent_span_id(rec.parent_span_id);
-      r.set_not_sampled(!rec.sampled);
-      std::string bytes = r.SerializeAsString();
-      AppendLengthDelimited(&bytes, forge::journal::v1::GraphSpecRecord::kSpecFieldNumber,
-                            rec.spec.SerializeAsString());
-      result.effects.batch.Put(SpecKey(rec.id), std::move(bytes));
+      result.effects.batch.Put(SpecKey(rec.id), std::move(spec_bytes));
       if (!rec.request_id.empty()) {
         forge::journal::v1::RequestRecord q;
         q.set_version(kRecordVersion);
@@ -723,7 +783,6 @@ absl::StatusOr<InsertResult> Store::Insert(const std::string& graph_id,
       }
     }
     tx.Seal();
-    DropDependencyNames(rec.spec, rec.compiled);  // the journal has them
     shard.graphs.emplace(graph_id, std::move(g));
     graph_count_.fetch_add(1, std::memory_order_relaxed);
   };
@@ -842,17 +901,14 @@ absl::StatusOr<Store::Rebuilt> Store::Rebuild(RecoveredGraph& rec,
   auto g = std::make_unique<GraphRecord>();
   g->id = rec.spec.id();
   g->request_id = rec.spec.request_id();
-  g->spec = std::move(*rec.spec.mutable_spec());
   g->compiled = std::move(compiled);
-  DropDependencyNames(g->spec, g->compiled);
+  g->SetTasks(std::move(*rec.spec.mutable_spec()));
   g->created_at = GetTime(rec.spec.created_at());
   g->trace_id = rec.spec.trace_id().empty() ? GraphTraceId(g->id) : rec.spec.trace_id();
   g->parent_span_id = rec.spec.parent_span_id();
   g->sampled = !rec.spec.not_sampled();
-  const int32_t n = g->spec.tasks_size();
+  const int32_t n = static_cast<int32_t>(g->defs.size());
   g->tasks.resize(n);
-  g->by_name.reserve(n);
-  for (int32_t i = 0; i < n; ++i) g->by_name.emplace(g->spec.tasks(i).name(), i);
   g->state = rec.state.state() == v1::GRAPH_STATE_UNSPECIFIED
                  ? v1::GRAPH_STATE_RUNNING
                  : rec.state.state();
@@ -918,7 +974,7 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
                                        absl::Time now) {
   ASSIGN_OR_RETURN(Rebuilt rebuilt, Rebuild(rec, std::move(compiled)));
   std::unique_ptr<GraphRecord> g = std::move(rebuilt.graph);
-  const int32_t n = g->spec.tasks_size();
+  const int32_t n = static_cast<int32_t>(g->defs.size());
   RaiseTo(next_epoch_, rebuilt.max_epoch + 1);
   RaiseTo(next_ready_seq_, rebuilt.max_ready_seq + 1);
 
@@ -936,7 +992,7 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
   fx.ready.reserve(rg.counts.ready());
   for (int32_t i = 0; i < n; ++i) {
     TaskRuntime& t = rg.tasks[i];
-    const v1::TaskSpec& spec = rg.spec.tasks(i);
+    const v1::TaskSpec& spec = rg.Rest(i);
     if (t.state == v1::RUNNING) {
       tx.RestartAttempt(i);
     } else if (t.state == v1::READY && t.backing_off) {
@@ -945,8 +1001,8 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
       ReadyTask& r = fx.ready.emplace_back();
       r.graph_id = id;
       r.index = i;
-      r.queue = QueueOf(spec);
-      r.priority = spec.priority();
+      r.queue = rg.Queue(i);
+      r.priority = rg.defs[i].priority;
       r.ordering_key = spec.ordering_key();
       r.ready_seq = t.ready_seq;
       if (spec.timeouts().has_schedule_to_start()) {
@@ -1029,7 +1085,10 @@ absl::StatusOr<bool> Store::Archive(const std::string& graph_id) {
   if (journal_ == nullptr) return false;  // nowhere to read it back from
   // What leaves memory is destroyed after the lock is released (a big
   // graph's tasks take a while to free).
-  v1::GraphSpec spec;
+  // (g.spec holds only the graph's own fields already: it stays.)
+  std::vector<TaskDef> defs;
+  std::vector<std::string> queues;
+  std::vector<v1::TaskSpec> rests;
   graph::CompiledGraph compiled;
   std::vector<TaskRuntime> tasks;
   absl::flat_hash_map<absl::string_view, int32_t> by_name;
@@ -1039,9 +1098,10 @@ absl::StatusOr<bool> Store::Archive(const std::string& graph_id) {
     ASSIGN_OR_RETURN(GraphRecord* const found, FindLocked(shard, graph_id));
     GraphRecord& g = *found;
     if (g.archived || !graph::IsTerminal(g.state)) return false;
-    by_name.swap(g.by_name);  // views into spec: goes with it
-    spec = SummaryOf(g.spec);
-    spec.Swap(&g.spec);
+    by_name.swap(g.by_name);  // views into defs: goes with them
+    defs.swap(g.defs);
+    queues.swap(g.queues);
+    rests.swap(g.rests);
     std::swap(compiled, g.compiled);
     tasks.swap(g.tasks);
     g.archived = true;
@@ -1143,7 +1203,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   TaskRuntime& t = g.tasks[index];
   if (t.state != v1::READY || t.backing_off) {
     return absl::FailedPreconditionError(
-        absl::StrCat("task ", g.spec.tasks(index).name(), " is ",
+        absl::StrCat("task ", g.Name(index), " is ",
                      v1::TaskState_Name(t.state),
                      t.backing_off ? " (backing off)" : ""));
   }
@@ -1152,7 +1212,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   ++t.attempt;
   t.epoch = next_epoch_.fetch_add(1, std::memory_order_relaxed);
   t.worker_id = worker_id;
-  result.queue = QueueOf(g.spec.tasks(index));
+  result.queue = g.Queue(index);
   result.queue_wait = now - t.ready_at;
   t.started_at = now;
   t.picked_up_at = absl::InfinitePast();
@@ -1169,15 +1229,17 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   tx.ArmAttemptTimers(index, heartbeat);
   tx.Seal();
 
-  const v1::TaskSpec& spec = g.spec.tasks(index);
+  const v1::TaskSpec& spec = g.Rest(index);
   v1::Assignment& as = result.assignment;
   tx.FillLease(index, as.mutable_lease());
-  as.set_task(spec.name());
-  as.set_queue(QueueOf(spec));
-  as.set_input(spec.input());
-  *as.mutable_params() = spec.params();
-  *as.mutable_labels() = spec.labels();
-  *as.mutable_env() = spec.env();
+  as.set_task(g.Name(index));
+  as.set_queue(g.Queue(index));
+  if (g.defs[index].rest >= 0) {
+    as.set_input(spec.input());
+    *as.mutable_params() = spec.params();
+    *as.mutable_labels() = spec.labels();
+    *as.mutable_env() = spec.env();
+  }
   const absl::Duration run_timeout =
       spec.timeouts().has_run() ? FromProto(spec.timeouts().run())
                                 : options_.defaults.run_timeout;
@@ -1189,7 +1251,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   for (int32_t d : g.compiled.deps[index]) {
     const TaskRuntime& td = g.tasks[d];
     if (td.state != v1::SUCCEEDED) continue;
-    const std::string& name = g.spec.tasks(d).name();
+    const std::string& name = g.Name(d);
     const int64_t size = static_cast<int64_t>(td.output.size());
     if (size > options_.max_upstream_output_bytes || size > budget) {
       as.add_truncated_upstream(name);
@@ -1235,7 +1297,7 @@ absl::StatusOr<PickupResult> Store::PickedUp(const v1::Lease& lease,
   t->picked_up_at = now;
   t->last_heartbeat = now;
   if (!t->attempts.empty()) ToProto(now, t->attempts.back().mutable_picked_up_at());
-  return PickupResult{QueueOf(g->spec.tasks(lease.task_index())),
+  return PickupResult{g->Queue(lease.task_index()),
                       now - t->started_at};
 }
 
@@ -1311,7 +1373,7 @@ Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
   }
   const int32_t i = timer.index;
   TaskRuntime& t = g.tasks[i];
-  const v1::TaskSpec& spec = g.spec.tasks(i);
+  const v1::TaskSpec& spec = g.Rest(i);
   if (t.state != v1::READY || t.backing_off || t.ready_seq != timer.ready_seq) {
     return fx;  // started (or finished) in time
   }
@@ -1341,7 +1403,7 @@ Store::DeadlineSweep Store::ExpireDeadlines(int shard_index, absl::Time armed,
     // Entries exist only while their attempt runs (SetState clears them).
     GraphRecord& g = *const_cast<GraphRecord*>(e.graph);
     TaskRuntime& t = g.tasks[e.index];
-    const v1::TaskSpec& spec = g.spec.tasks(e.index);
+    const v1::TaskSpec& spec = g.Rest(e.index);
     if (e.kind == Deadline::kRun) {
       t.run_due = absl::InfiniteFuture();
     } else {
@@ -1495,11 +1557,15 @@ absl::StatusOr<Effects> Store::AddTerminalWaiter(const std::string& graph_id,
 void Store::FillTask(const GraphRecord& g, int32_t i, v1::Task* out) {
   const TaskRuntime& t = g.tasks[i];
   out->set_graph_id(g.id);
-  *out->mutable_spec() = g.spec.tasks(i);
-  if (out->spec().depends_on_size() == 0) {  // dropped (DropDependencyNames)
-    for (int32_t d : g.compiled.deps[i]) {
-      out->mutable_spec()->add_depends_on(g.spec.tasks(d).name());
-    }
+  v1::TaskSpec& spec = *out->mutable_spec();
+  const TaskDef& def = g.defs[i];
+  if (def.rest >= 0) spec = g.rests[def.rest];
+  spec.set_name(def.name);
+  spec.set_queue(g.queues[def.queue]);
+  spec.set_priority(def.priority);
+  spec.set_trigger(def.trigger);
+  if (spec.depends_on_size() == 0) {  // kept as indices (SetTasks)
+    for (int32_t d : g.compiled.deps[i]) spec.add_depends_on(g.Name(d));
   }
   out->set_index(i);
   out->set_state(t.state);

@@ -138,12 +138,13 @@ int ChildProcess::Terminate(absl::Duration grace) {
   return status;
 }
 
-int64_t ChildProcess::RssBytes() const {
+// A "Name:   123 kB" line of /proc/PID/status, in bytes (-1: none).
+int64_t ChildProcess::StatusBytes(const char* field) const {
   if (pid_ <= 0) return -1;
   std::ifstream in(absl::StrCat("/proc/", pid_, "/status"));
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) {
+    if (line.rfind(field, 0) == 0) {
       int64_t kb = 0;
       std::string digits;
       for (char c : line) {
@@ -154,6 +155,10 @@ int64_t ChildProcess::RssBytes() const {
   }
   return -1;
 }
+
+int64_t ChildProcess::RssBytes() const { return StatusBytes("VmRSS:"); }
+
+int64_t ChildProcess::PeakRssBytes() const { return StatusBytes("VmHWM:"); }
 
 double ChildProcess::CpuSeconds() const {
   if (pid_ <= 0) return -1;

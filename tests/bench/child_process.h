@@ -42,10 +42,14 @@ class ChildProcess {
   int Terminate(absl::Duration grace = absl::Seconds(10));
   // Resident set size in bytes (from /proc/PID/status), or -1.
   int64_t RssBytes() const;
+  // Its largest resident set so far (VmHWM), in bytes.
+  int64_t PeakRssBytes() const;
   // CPU time used so far, user + system (from /proc/PID/stat), or -1.
   double CpuSeconds() const;
 
  private:
+  int64_t StatusBytes(const char* field) const;
+
   pid_t pid_ = -1;
   int err_fd_ = -1;
   std::string ready_line_;
