@@ -297,7 +297,12 @@ absl::StatusOr<CompiledGraph> Compile(const GraphSpec& spec,
   absl::flat_hash_map<absl::string_view, int32_t> index;
   index.reserve(n);
   int64_t total_input = 0;
+  // A big graph's name table is far larger than the cache, and each name
+  // lands at a random place in it: the slot of a name kAhead tasks on is
+  // fetched while this one is handled (here and for the dependencies).
+  constexpr int kAhead = 16;
   for (int i = 0; i < n; ++i) {
+    if (i + kAhead < n) index.prefetch(spec.tasks(i + kAhead).name());
     const TaskSpec& t = spec.tasks(i);
     RETURN_IF_ERROR(CheckTask(i, t, limits));
     total_input += static_cast<int64_t>(t.input().size());
@@ -331,6 +336,11 @@ absl::StatusOr<CompiledGraph> Compile(const GraphSpec& spec,
   std::vector<int32_t> seen_by(n, -1);
   std::vector<uint32_t> fan_out(n + 1, 0);  // dependents per task
   for (int32_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) {
+      for (const std::string& name : spec.tasks(i + kAhead).depends_on()) {
+        index.prefetch(absl::string_view(name));
+      }
+    }
     const auto& names = spec.tasks(i).depends_on();
     for (int k = 0; k < names.size(); ++k) {
       auto it = index.find(absl::string_view(names[k]));
