@@ -19,19 +19,14 @@ namespace forge::store {
 
 namespace v1 = ::forge::v1;
 
-struct Store::TaskRuntime {
-  v1::TaskState state = v1::PENDING;
-  // READY but waiting for a retry backoff to end (not in a queue).
-  bool backing_off = false;
-  // Dependencies not yet terminal / that ended unsuccessful / that FAILED.
-  int32_t pending = 0;
-  int32_t unsuccessful = 0;
-  int32_t failed = 0;
-  int32_t attempt = 0;
+// What a task's attempts leave behind, allocated when it first starts or
+// ends: a PENDING or READY task of a big graph costs only TaskRuntime's own
+// ~56 bytes, not these ~290.
+struct TaskRun {
   uint64_t epoch = 0;
   int32_t exit_code = 0;
-  // ready_seq of the current READY period (fences schedule-to-start timers).
-  uint64_t ready_seq = 0;
+  // Attempts ended by a server restart (not counted by the retry policy).
+  int32_t restarts = 0;
   // Last sign of life of the running attempt (start, heartbeat, progress).
   absl::Time last_heartbeat = absl::InfinitePast();
   std::string worker_id;
@@ -40,10 +35,6 @@ struct Store::TaskRuntime {
   std::unique_ptr<v1::Progress> progress;
   // Live output published by the current attempt (TASK_OUTPUT bytes).
   int64_t output_published = 0;
-  // Changed by the current transition: its record is written at Seal().
-  bool dirty = false;
-  // Attempts ended by a server restart (not counted by the retry policy).
-  int32_t restarts = 0;
   // When the backoff of a READY, backing-off task ends.
   absl::Time retry_at = absl::InfinitePast();
   // Entries of the running attempt in the shard's deadline index
@@ -52,12 +43,39 @@ struct Store::TaskRuntime {
   absl::Time heartbeat_due = absl::InfiniteFuture();
   // Latest checkpoint of any attempt; handed to the next attempt.
   std::string checkpoint;
-  absl::Time ready_at = absl::InfinitePast();
   absl::Time started_at = absl::InfinitePast();
   // The executor reported the current attempt began (InfinitePast: not yet).
   absl::Time picked_up_at = absl::InfinitePast();
   absl::Time finished_at = absl::InfinitePast();
   std::vector<v1::Attempt> attempts;
+};
+
+struct Store::TaskRuntime {
+  v1::TaskState state = v1::PENDING;
+  // READY but waiting for a retry backoff to end (not in a queue).
+  bool backing_off = false;
+  // Changed by the current transition: its record is written at Seal().
+  bool dirty = false;
+  // Dependencies not yet terminal / that ended unsuccessful / that FAILED.
+  int32_t pending = 0;
+  int32_t unsuccessful = 0;
+  int32_t failed = 0;
+  int32_t attempt = 0;
+  // ready_seq of the current READY period (fences schedule-to-start timers).
+  uint64_t ready_seq = 0;
+  absl::Time ready_at = absl::InfinitePast();
+  std::unique_ptr<TaskRun> run;
+
+  // The attempts' part, made on first use.
+  TaskRun& R() {
+    if (!run) run = std::make_unique<TaskRun>();
+    return *run;
+  }
+  // Reading it makes nothing: a task that never ran reads the defaults.
+  const TaskRun& R() const {
+    static const TaskRun* const kNone = new TaskRun();
+    return run ? *run : *kNone;
+  }
 };
 
 namespace {
@@ -327,18 +345,18 @@ class Store::Transition {
   // an attempt that does not count against its retry policy.
   void RestartAttempt(int32_t i) {
     TaskRuntime& t = g_.tasks[i];
-    t.error = std::make_unique<v1::TaskError>();
-    t.error->set_code("LEASE_LOST");
-    t.error->set_message("the server restarted while the attempt ran");
-    if (!t.attempts.empty()) {
-      v1::Attempt& a = t.attempts.back();
+    t.R().error = std::make_unique<v1::TaskError>();
+    t.R().error->set_code("LEASE_LOST");
+    t.R().error->set_message("the server restarted while the attempt ran");
+    if (!t.R().attempts.empty()) {
+      v1::Attempt& a = t.R().attempts.back();
       a.set_state(v1::FAILED);
-      *a.mutable_error() = *t.error;
+      *a.mutable_error() = *t.R().error;
       ToProto(now_, a.mutable_finished_at());
     }
-    ++t.restarts;
+    ++t.R().restarts;
     v1::Event& e = EmitTask(v1::TASK_RETRY_SCHEDULED, i);
-    *e.mutable_error() = *t.error;
+    *e.mutable_error() = *t.R().error;
     ToProto(now_, e.mutable_retry_at());
     MakeReady(i);
   }
@@ -375,7 +393,7 @@ class Store::Transition {
   // now the shard's earliest.
   void AddDeadline(int32_t i, Deadline::Kind kind, absl::Time due) {
     TaskRuntime& t = g_.tasks[i];
-    (kind == Deadline::kRun ? t.run_due : t.heartbeat_due) = due;
+    (kind == Deadline::kRun ? t.R().run_due : t.R().heartbeat_due) = due;
     deadlines_.set.insert(Deadline{due, &g_, i, kind});
     if (due < deadlines_.armed) {
       deadlines_.armed = due;
@@ -437,7 +455,7 @@ class Store::Transition {
     TaskRuntime& t = g_.tasks[i];
     CancelOrder& c = fx_.cancels.emplace_back();
     FillLease(i, &c.lease);
-    c.worker_id = t.worker_id;
+    c.worker_id = t.R().worker_id;
     c.reason = message;
     v1::TaskResult failed;
     FillLease(i, failed.mutable_lease());
@@ -452,10 +470,10 @@ class Store::Transition {
     if (t.state == v1::RUNNING && s == v1::CANCELLED) {
       CancelOrder& c = fx_.cancels.emplace_back();
       FillLease(i, &c.lease);
-      c.worker_id = t.worker_id;
+      c.worker_id = t.R().worker_id;
       c.reason = message;
-      if (!t.attempts.empty()) {
-        v1::Attempt& a = t.attempts.back();
+      if (!t.R().attempts.empty()) {
+        v1::Attempt& a = t.R().attempts.back();
         a.set_state(v1::CANCELLED);
         ToProto(now_, a.mutable_finished_at());
       }
@@ -463,17 +481,17 @@ class Store::Transition {
     }
     SetState(i, s);
     t.backing_off = false;
-    t.finished_at = now_;
+    t.R().finished_at = now_;
     ++g_.terminal;
     ++fx_.tasks_finished;
     v1::Event& e = EmitTask(EventFor(s), i);
     if (!message.empty()) e.set_message(message);
-    if (s == v1::FAILED && t.error) *e.mutable_error() = *t.error;
+    if (s == v1::FAILED && t.R().error) *e.mutable_error() = *t.R().error;
     if (s == v1::SUCCEEDED) {
-      e.set_exit_code(t.exit_code);
-      if (static_cast<int64_t>(t.output.size()) <=
+      e.set_exit_code(t.R().exit_code);
+      if (static_cast<int64_t>(t.R().output.size()) <=
           store_.options_.max_event_output_bytes) {
-        e.set_data(t.output);
+        e.set_data(t.R().output);
       }
     }
     worklist_.push_back(i);
@@ -547,8 +565,8 @@ class Store::Transition {
     f.index = i;
     f.attempt = t.attempt;
     f.ready_at = t.ready_at;
-    f.dispatched_at = t.started_at;
-    f.picked_up_at = t.picked_up_at;
+    f.dispatched_at = t.R().started_at;
+    f.picked_up_at = t.R().picked_up_at;
     f.finished_at = now_;
     f.outcome = outcome;
     f.retrying = retrying;
@@ -556,55 +574,55 @@ class Store::Transition {
     // when nothing traces.
     if (!store_.attempt_details_.load(std::memory_order_relaxed)) return;
     f.task = g_.Name(i);
-    f.worker_id = t.worker_id;
+    f.worker_id = t.R().worker_id;
     if (outcome == v1::CANCELLED) {
       f.error_message = cancel_reason;
-    } else if (outcome != v1::SUCCEEDED && t.error) {
-      f.error_code = t.error->code();
-      f.error_message = t.error->message();
+    } else if (outcome != v1::SUCCEEDED && t.R().error) {
+      f.error_code = t.R().error->code();
+      f.error_message = t.R().error->message();
     }
   }
 
   void FinishAttempt(int32_t i, const v1::TaskResult& result,
                      bool picked_up_now = false) {
     TaskRuntime& t = g_.tasks[i];
-    v1::Attempt& a = t.attempts.back();
+    v1::Attempt& a = t.R().attempts.back();
     ToProto(now_, a.mutable_finished_at());
-    if (picked_up_now && t.picked_up_at == absl::InfinitePast()) {
-      t.picked_up_at = now_;
+    if (picked_up_now && t.R().picked_up_at == absl::InfinitePast()) {
+      t.R().picked_up_at = now_;
       ToProto(now_, a.mutable_picked_up_at());
     } else {
       picked_up_now = false;
     }
     a.set_exit_code(result.exit_code());
-    t.exit_code = result.exit_code();
+    t.R().exit_code = result.exit_code();
     const v1::TaskSpec& spec = g_.Rest(i);
     const int64_t max_output = store_.options_.max_output_bytes;
     if (result.success() &&
         static_cast<int64_t>(result.output().size()) > max_output) {
-      t.error = std::make_unique<v1::TaskError>();
-      t.error->set_code("OUTPUT_TOO_LARGE");
-      t.error->set_message(absl::StrCat("output of ", result.output().size(),
+      t.R().error = std::make_unique<v1::TaskError>();
+      t.R().error->set_code("OUTPUT_TOO_LARGE");
+      t.R().error->set_message(absl::StrCat("output of ", result.output().size(),
                                         " bytes exceeds the limit of ",
                                         max_output));
-      t.error->set_non_retryable(true);
+      t.R().error->set_non_retryable(true);
     } else if (result.success()) {
       a.set_state(v1::SUCCEEDED);
-      t.output = result.output();
-      t.error.reset();
+      t.R().output = result.output();
+      t.R().error.reset();
       NoteFinished(i, v1::SUCCEEDED, false, "");
       fx_.finished_attempts.back().picked_up_with_result = picked_up_now;
       Terminate(i, v1::SUCCEEDED, "");
       Drain();
       return;
     } else {
-      t.error = std::make_unique<v1::TaskError>(result.error());
-      if (t.error->code().empty()) t.error->set_code("FAILED");
+      t.R().error = std::make_unique<v1::TaskError>(result.error());
+      if (t.R().error->code().empty()) t.R().error->set_code("FAILED");
     }
     a.set_state(v1::FAILED);
-    *a.mutable_error() = *t.error;
+    *a.mutable_error() = *t.R().error;
     const bool retry = graph::ShouldRetry(spec, store_.options_.defaults,
-                                          t.attempt - t.restarts, *t.error);
+                                          t.attempt - t.R().restarts, *t.R().error);
     NoteFinished(i, v1::FAILED, retry, "");
     fx_.finished_attempts.back().picked_up_with_result = picked_up_now;
     if (retry) {
@@ -613,9 +631,9 @@ class Store::Transition {
                          absl::Uniform<double>(rng_, 0.0, 1.0));
       SetState(i, v1::READY);
       t.backing_off = true;
-      t.retry_at = now_ + delay;
+      t.R().retry_at = now_ + delay;
       v1::Event& e = EmitTask(v1::TASK_RETRY_SCHEDULED, i);
-      *e.mutable_error() = *t.error;
+      *e.mutable_error() = *t.R().error;
       ToProto(now_ + delay, e.mutable_retry_at());
       fx_.retries.push_back(RetryTimer{g_.id, i, t.attempt, now_ + delay});
     } else {
@@ -628,7 +646,7 @@ class Store::Transition {
     lease->set_graph_id(g_.id);
     lease->set_task_index(i);
     lease->set_attempt(g_.tasks[i].attempt);
-    lease->set_epoch(g_.tasks[i].epoch);
+    lease->set_epoch(g_.tasks[i].R().epoch);
   }
 
   absl::BitGen& rng() { return rng_; }
@@ -647,14 +665,15 @@ class Store::Transition {
 };
 
 void Store::EraseDeadlines(DeadlineIndex& index, GraphRecord& g, int32_t i) {
-  TaskRuntime& t = g.tasks[i];
-  if (t.run_due != absl::InfiniteFuture()) {
-    index.set.erase(Deadline{t.run_due, &g, i, Deadline::kRun});
-    t.run_due = absl::InfiniteFuture();
+  if (!g.tasks[i].run) return;  // never ran: no entries
+  TaskRun& run = *g.tasks[i].run;
+  if (run.run_due != absl::InfiniteFuture()) {
+    index.set.erase(Deadline{run.run_due, &g, i, Deadline::kRun});
+    run.run_due = absl::InfiniteFuture();
   }
-  if (t.heartbeat_due != absl::InfiniteFuture()) {
-    index.set.erase(Deadline{t.heartbeat_due, &g, i, Deadline::kHeartbeat});
-    t.heartbeat_due = absl::InfiniteFuture();
+  if (run.heartbeat_due != absl::InfiniteFuture()) {
+    index.set.erase(Deadline{run.heartbeat_due, &g, i, Deadline::kHeartbeat});
+    run.heartbeat_due = absl::InfiniteFuture();
   }
 }
 
@@ -699,7 +718,7 @@ absl::StatusOr<Store::TaskRuntime*> Store::FenceLocked(GraphRecord& g,
   }
   TaskRuntime& t = g.tasks[i];
   if (t.state != v1::RUNNING || t.attempt != lease.attempt() ||
-      t.epoch != lease.epoch()) {
+      t.R().epoch != lease.epoch()) {
     return StaleLease(lease, t.state, t.attempt);
   }
   return &t;
@@ -837,21 +856,21 @@ forge::journal::v1::TaskRecord Store::TaskRecordOf(const TaskRuntime& t) {
   r.set_version(kRecordVersion);
   r.set_state(t.state);
   r.set_backing_off(t.backing_off);
-  if (t.backing_off) SetTime(t.retry_at, r.mutable_retry_at());
+  if (t.backing_off) SetTime(t.R().retry_at, r.mutable_retry_at());
   r.set_attempt(t.attempt);
-  r.set_epoch(t.epoch);
-  r.set_exit_code(t.exit_code);
+  r.set_epoch(t.R().epoch);
+  r.set_exit_code(t.R().exit_code);
   r.set_ready_seq(t.ready_seq);
-  r.set_worker_id(t.worker_id);
-  r.set_output(t.output);
-  if (t.error) *r.mutable_error() = *t.error;
-  if (t.progress) *r.mutable_progress() = *t.progress;
-  r.set_checkpoint(t.checkpoint);
+  r.set_worker_id(t.R().worker_id);
+  r.set_output(t.R().output);
+  if (t.R().error) *r.mutable_error() = *t.R().error;
+  if (t.R().progress) *r.mutable_progress() = *t.R().progress;
+  r.set_checkpoint(t.R().checkpoint);
   SetTime(t.ready_at, r.mutable_ready_at());
-  SetTime(t.started_at, r.mutable_started_at());
-  SetTime(t.finished_at, r.mutable_finished_at());
-  for (const v1::Attempt& a : t.attempts) *r.add_attempts() = a;
-  r.set_restarts(t.restarts);
+  SetTime(t.R().started_at, r.mutable_started_at());
+  SetTime(t.R().finished_at, r.mutable_finished_at());
+  for (const v1::Attempt& a : t.R().attempts) *r.add_attempts() = a;
+  r.set_restarts(t.R().restarts);
   return r;
 }
 
@@ -925,22 +944,26 @@ absl::StatusOr<Store::Rebuilt> Store::Rebuild(RecoveredGraph& rec,
     TaskRuntime& t = g->tasks[i];
     t.state = r.state();
     t.backing_off = r.backing_off();
-    t.retry_at = GetTime(r.retry_at());
     t.attempt = r.attempt();
-    t.epoch = r.epoch();
-    t.exit_code = r.exit_code();
     t.ready_seq = r.ready_seq();
-    t.worker_id = r.worker_id();
-    t.output = std::move(*r.mutable_output());
-    if (r.has_error()) t.error = std::make_unique<v1::TaskError>(r.error());
-    if (r.has_progress()) t.progress = std::make_unique<v1::Progress>(r.progress());
-    t.checkpoint = std::move(*r.mutable_checkpoint());
     t.ready_at = GetTime(r.ready_at());
-    t.started_at = GetTime(r.started_at());
-    t.finished_at = GetTime(r.finished_at());
-    t.attempts.assign(r.attempts().begin(), r.attempts().end());
-    t.restarts = r.restarts();
-    max_epoch = std::max(max_epoch, t.epoch);
+    // A task that never ran nor ended (READY) has no attempts' part.
+    if (r.attempt() > 0 || graph::IsTerminal(r.state()) || r.has_error()) {
+      TaskRun& run = t.R();
+      run.retry_at = GetTime(r.retry_at());
+      run.epoch = r.epoch();
+      run.exit_code = r.exit_code();
+      run.worker_id = r.worker_id();
+      run.output = std::move(*r.mutable_output());
+      if (r.has_error()) run.error = std::make_unique<v1::TaskError>(r.error());
+      if (r.has_progress()) run.progress = std::make_unique<v1::Progress>(r.progress());
+      run.checkpoint = std::move(*r.mutable_checkpoint());
+      run.started_at = GetTime(r.started_at());
+      run.finished_at = GetTime(r.finished_at());
+      run.attempts.assign(r.attempts().begin(), r.attempts().end());
+      run.restarts = r.restarts();
+      max_epoch = std::max(max_epoch, run.epoch);
+    }
     max_ready_seq = std::max(max_ready_seq, t.ready_seq);
   }
   // What Insert and the transitions keep incrementally, from the states.
@@ -996,7 +1019,7 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
     if (t.state == v1::RUNNING) {
       tx.RestartAttempt(i);
     } else if (t.state == v1::READY && t.backing_off) {
-      fx.retries.push_back(RetryTimer{id, i, t.attempt, t.retry_at});
+      fx.retries.push_back(RetryTimer{id, i, t.attempt, t.R().retry_at});
     } else if (t.state == v1::READY) {
       ReadyTask& r = fx.ready.emplace_back();
       r.graph_id = id;
@@ -1210,17 +1233,17 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
   StartResult result;
   Transition tx(*this, g, shard.rng, shard.deadlines, now, result.effects);
   ++t.attempt;
-  t.epoch = next_epoch_.fetch_add(1, std::memory_order_relaxed);
-  t.worker_id = worker_id;
+  t.R().epoch = next_epoch_.fetch_add(1, std::memory_order_relaxed);
+  t.R().worker_id = worker_id;
   result.queue = g.Queue(index);
   result.queue_wait = now - t.ready_at;
-  t.started_at = now;
-  t.picked_up_at = absl::InfinitePast();
-  t.last_heartbeat = now;
-  t.output_published = 0;
-  t.progress.reset();
+  t.R().started_at = now;
+  t.R().picked_up_at = absl::InfinitePast();
+  t.R().last_heartbeat = now;
+  t.R().output_published = 0;
+  t.R().progress.reset();
   tx.SetState(index, v1::RUNNING);
-  v1::Attempt& a = t.attempts.emplace_back();
+  v1::Attempt& a = t.R().attempts.emplace_back();
   a.set_number(t.attempt);
   a.set_worker_id(worker_id);
   a.set_state(v1::RUNNING);
@@ -1244,7 +1267,7 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
       spec.timeouts().has_run() ? FromProto(spec.timeouts().run())
                                 : options_.defaults.run_timeout;
   as.set_run_timeout_ms(absl::ToInt64Milliseconds(run_timeout));
-  as.set_checkpoint(t.checkpoint);
+  as.set_checkpoint(t.R().checkpoint);
   as.set_traceparent(FormatTraceparent(
       TraceContext{g.trace_id, AttemptSpanId(g.id, index, t.attempt), g.sampled}));
   int64_t budget = options_.max_total_upstream_bytes;
@@ -1252,13 +1275,13 @@ absl::StatusOr<StartResult> Store::StartAttempt(const std::string& graph_id,
     const TaskRuntime& td = g.tasks[d];
     if (td.state != v1::SUCCEEDED) continue;
     const std::string& name = g.Name(d);
-    const int64_t size = static_cast<int64_t>(td.output.size());
+    const int64_t size = static_cast<int64_t>(td.R().output.size());
     if (size > options_.max_upstream_output_bytes || size > budget) {
       as.add_truncated_upstream(name);
       continue;
     }
     budget -= size;
-    (*as.mutable_upstream_outputs())[name] = td.output;
+    (*as.mutable_upstream_outputs())[name] = td.R().output;
   }
   return result;
 }
@@ -1291,20 +1314,20 @@ absl::StatusOr<PickupResult> Store::PickedUp(const v1::Lease& lease,
   absl::MutexLock lock(&shard.mu);
   ASSIGN_OR_RETURN(GraphRecord* const g, FindLocked(shard, lease.graph_id()));
   ASSIGN_OR_RETURN(TaskRuntime* const t, FenceLocked(*g, lease));
-  if (t->picked_up_at != absl::InfinitePast()) {
+  if (t->R().picked_up_at != absl::InfinitePast()) {
     return absl::FailedPreconditionError("attempt already reported as started");
   }
-  t->picked_up_at = now;
-  t->last_heartbeat = now;
-  if (!t->attempts.empty()) ToProto(now, t->attempts.back().mutable_picked_up_at());
+  t->R().picked_up_at = now;
+  t->R().last_heartbeat = now;
+  if (!t->R().attempts.empty()) ToProto(now, t->R().attempts.back().mutable_picked_up_at());
   return PickupResult{g->Queue(lease.task_index()),
-                      now - t->started_at};
+                      now - t->R().started_at};
 }
 
 absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
                                         absl::Time now) {
   return OnRunning(progress.lease(), now, [&](TaskRuntime& t, Transition& tx) {
-    t.last_heartbeat = now;
+    t.R().last_heartbeat = now;
     if (!progress.checkpoint().empty()) {
       if (static_cast<int64_t>(progress.checkpoint().size()) >
           options_.max_checkpoint_bytes) {
@@ -1312,11 +1335,11 @@ absl::StatusOr<Effects> Store::Progress(const v1::TaskProgress& progress,
             "checkpoint: ", progress.checkpoint().size(),
             " bytes exceeds the limit of ", options_.max_checkpoint_bytes));
       }
-      t.checkpoint = progress.checkpoint();
+      t.R().checkpoint = progress.checkpoint();
       tx.MarkDirty(progress.lease().task_index());
     }
     if (!progress.has_progress()) return absl::OkStatus();  // checkpoint alone
-    t.progress = std::make_unique<v1::Progress>(progress.progress());
+    t.R().progress = std::make_unique<v1::Progress>(progress.progress());
     *tx.EmitTask(v1::TASK_PROGRESS, progress.lease().task_index())
          .mutable_progress() = progress.progress();
     return absl::OkStatus();
@@ -1336,14 +1359,14 @@ absl::StatusOr<Effects> Store::Output(const v1::TaskOutput& output,
   }
   const v1::Lease& lease = output.lease();
   return OnRunning(lease, now, [&](TaskRuntime& t, Transition& tx) {
-    t.last_heartbeat = now;
-    if (t.output_published + size > options_.max_attempt_output_bytes) {
+    t.R().last_heartbeat = now;
+    if (t.R().output_published + size > options_.max_attempt_output_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "output: attempt ", lease.attempt(), " has published ",
-          t.output_published, " bytes; the limit is ",
+          t.R().output_published, " bytes; the limit is ",
           options_.max_attempt_output_bytes));
     }
-    t.output_published += size;
+    t.R().output_published += size;
     if (size == 0) return absl::OkStatus();
     v1::Event& e = tx.EmitTask(v1::TASK_OUTPUT, lease.task_index());
     e.set_stream(output.stream());
@@ -1357,7 +1380,7 @@ absl::Status Store::Heartbeat(const v1::Lease& lease, absl::Time now) {
   absl::MutexLock lock(&shard.mu);
   ASSIGN_OR_RETURN(GraphRecord* const g, FindLocked(shard, lease.graph_id()));
   ASSIGN_OR_RETURN(TaskRuntime* const t, FenceLocked(*g, lease));
-  t->last_heartbeat = now;
+  t->R().last_heartbeat = now;
   return absl::OkStatus();
 }
 
@@ -1378,13 +1401,13 @@ Effects Store::AttemptTimerDue(const AttemptTimer& timer, absl::Time now) {
     return fx;  // started (or finished) in time
   }
   Transition tx(*this, g, shard.rng, shard.deadlines, now, fx);
-  t.error = std::make_unique<v1::TaskError>();
-  t.error->set_code("SCHEDULE_TIMEOUT");
-  t.error->set_message(absl::StrCat(
+  t.R().error = std::make_unique<v1::TaskError>();
+  t.R().error->set_code("SCHEDULE_TIMEOUT");
+  t.R().error->set_message(absl::StrCat(
       "no executor took the task within ",
       absl::FormatDuration(FromProto(spec.timeouts().schedule_to_start()))));
-  t.error->set_non_retryable(true);
-  tx.Terminate(i, v1::FAILED, t.error->message());
+  t.R().error->set_non_retryable(true);
+  tx.Terminate(i, v1::FAILED, t.R().error->message());
   tx.Drain();
   tx.Seal();
   return fx;
@@ -1405,9 +1428,9 @@ Store::DeadlineSweep Store::ExpireDeadlines(int shard_index, absl::Time armed,
     TaskRuntime& t = g.tasks[e.index];
     const v1::TaskSpec& spec = g.Rest(e.index);
     if (e.kind == Deadline::kRun) {
-      t.run_due = absl::InfiniteFuture();
+      t.R().run_due = absl::InfiniteFuture();
     } else {
-      t.heartbeat_due = absl::InfiniteFuture();
+      t.R().heartbeat_due = absl::InfiniteFuture();
     }
     if (t.state != v1::RUNNING) continue;
     std::string code, message;
@@ -1415,15 +1438,15 @@ Store::DeadlineSweep Store::ExpireDeadlines(int shard_index, absl::Time armed,
       const absl::Duration hb = spec.timeouts().has_heartbeat()
                                     ? FromProto(spec.timeouts().heartbeat())
                                     : d.heartbeat_timeout;
-      const absl::Time expires = t.last_heartbeat + hb;
+      const absl::Time expires = t.R().last_heartbeat + hb;
       if (expires > now) {
         // A heartbeat came since: look again then.
-        t.heartbeat_due = expires;
+        t.R().heartbeat_due = expires;
         index.set.insert(Deadline{expires, &g, e.index, Deadline::kHeartbeat});
         continue;
       }
       code = "LEASE_LOST";
-      message = absl::StrCat("no heartbeat from ", t.worker_id, " for ",
+      message = absl::StrCat("no heartbeat from ", t.R().worker_id, " for ",
                              absl::FormatDuration(hb));
     } else {
       const absl::Duration run = spec.timeouts().has_run()
@@ -1570,18 +1593,18 @@ void Store::FillTask(const GraphRecord& g, int32_t i, v1::Task* out) {
   out->set_index(i);
   out->set_state(t.state);
   out->set_attempt(t.attempt);
-  for (const v1::Attempt& a : t.attempts) *out->add_attempts() = a;
-  if (t.progress) *out->mutable_progress() = *t.progress;
-  out->set_output(t.output);
-  if (t.error) *out->mutable_error() = *t.error;
-  out->set_exit_code(t.exit_code);
+  for (const v1::Attempt& a : t.R().attempts) *out->add_attempts() = a;
+  if (t.R().progress) *out->mutable_progress() = *t.R().progress;
+  out->set_output(t.R().output);
+  if (t.R().error) *out->mutable_error() = *t.R().error;
+  out->set_exit_code(t.R().exit_code);
   ToProto(g.created_at, out->mutable_created_at());
   if (t.ready_at != absl::InfinitePast()) ToProto(t.ready_at, out->mutable_ready_at());
-  if (t.started_at != absl::InfinitePast()) {
-    ToProto(t.started_at, out->mutable_started_at());
+  if (t.R().started_at != absl::InfinitePast()) {
+    ToProto(t.R().started_at, out->mutable_started_at());
   }
-  if (t.finished_at != absl::InfinitePast()) {
-    ToProto(t.finished_at, out->mutable_finished_at());
+  if (t.R().finished_at != absl::InfinitePast()) {
+    ToProto(t.R().finished_at, out->mutable_finished_at());
   }
 }
 
