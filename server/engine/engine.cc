@@ -375,7 +375,8 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
   // Keys come grouped by graph: its events (seq order), spec, state, tasks.
   std::string current;
   store::RecoveredGraph rec;
-  std::vector<v1::Event> events;
+  // Shared as they are read: the bus keeps these very objects.
+  std::vector<std::shared_ptr<const v1::Event>> events;
   bool have_spec = false;
   // Recovery accepts every graph the journal holds, whatever today's limits.
   const graph::Limits unlimited = graph::NoSizeLimits();
@@ -414,7 +415,7 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
                                               ": ", compiled.status().message()));
     }
     RETURN_IF_ERROR(bus_.CreateGraph(current, {spec.labels().begin(), spec.labels().end()}));
-    RETURN_IF_ERROR(bus_.Publish(current, std::move(events)));
+    RETURN_IF_ERROR(bus_.PublishShared(current, std::move(events)));
     for (const auto& [i, t] : rec.tasks) stats.restarted_attempts += t.state() == v1::RUNNING;
     const std::string id = current;
     ASSIGN_OR_RETURN(store::Effects fx,
@@ -455,7 +456,10 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
               return false;
             }
             rec.last_seq = k.seq;
-            events.push_back(std::move(*r.mutable_event()));
+            auto event = std::make_shared<v1::Event>();
+            event->Swap(r.mutable_event());
+            if (event->graph_id().empty()) event->set_graph_id(current);
+            events.push_back(std::move(event));
             break;
           }
           case store::GraphKey::kSpec:

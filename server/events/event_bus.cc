@@ -517,25 +517,30 @@ absl::Status EventBus::CreateGraph(const std::string& graph_id,
 
 absl::Status EventBus::Publish(const std::string& graph_id,
                                std::vector<Event> events) {
-  std::shared_ptr<GraphLog> log = FindGraph(graph_id);
-  if (log == nullptr) {
-    return absl::NotFoundError(absl::StrCat("unknown graph ", graph_id));
-  }
-  for (const Event& e : events) {
-    if (e.seq() < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("event of graph ", graph_id, " has seq ", e.seq()));
-    }
-    if (!e.graph_id().empty() && e.graph_id() != graph_id) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "event of graph ", e.graph_id(), " published to graph ", graph_id));
-    }
-  }
   std::vector<EventPtr> incoming;
   incoming.reserve(events.size());
   for (Event& e : events) {
     if (e.graph_id().empty()) e.set_graph_id(graph_id);
     incoming.push_back(std::make_shared<const Event>(std::move(e)));
+  }
+  return PublishShared(graph_id, std::move(incoming));
+}
+
+absl::Status EventBus::PublishShared(const std::string& graph_id,
+                                     std::vector<EventPtr> incoming) {
+  std::shared_ptr<GraphLog> log = FindGraph(graph_id);
+  if (log == nullptr) {
+    return absl::NotFoundError(absl::StrCat("unknown graph ", graph_id));
+  }
+  for (const EventPtr& e : incoming) {
+    if (e->seq() < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("event of graph ", graph_id, " has seq ", e->seq()));
+    }
+    if (e->graph_id() != graph_id) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "event of graph ", e->graph_id(), " published to graph ", graph_id));
+    }
   }
 
   const BusOptions& opts = shared_->options;
@@ -552,10 +557,27 @@ absl::Status EventBus::Publish(const std::string& graph_id,
       return absl::DataLossError(
           absl::StrCat("event log of graph ", graph_id, " is broken"));
     }
+    // The contiguous prefix becomes visible. Events come in order almost
+    // always: the next one is appended at once, and only one that comes
+    // early (or anything behind it in this call) waits in the reorder map.
+    std::vector<EventPtr> visible;
+    visible.reserve(incoming.size());
+    const int64_t old_wm = log->watermark;
+    auto make_visible = [&](EventPtr e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(log->mu) {
+      ++log->watermark;
+      if (log->terminal_seq == 0 && internal::IsTerminalGraphEvent(e->type())) {
+        log->terminal_seq = e->seq();
+      }
+      log->events.push_back(e);
+      visible.push_back(std::move(e));
+    };
     uint64_t duplicates = 0;
     for (EventPtr& e : incoming) {
-      if (e->seq() <= log->watermark ||
-          !log->reorder.emplace(e->seq(), std::move(e)).second) {
+      if (e->seq() <= log->watermark) {
+        ++duplicates;
+      } else if (e->seq() == log->watermark + 1 && log->reorder.empty()) {
+        make_visible(std::move(e));
+      } else if (!log->reorder.emplace(e->seq(), std::move(e)).second) {
         ++duplicates;
       }
     }
@@ -563,20 +585,11 @@ absl::Status EventBus::Publish(const std::string& graph_id,
       shared_->events_duplicate.fetch_add(duplicates,
                                           std::memory_order_relaxed);
     }
-
-    // Make the contiguous prefix visible.
-    std::vector<EventPtr> visible;
-    const int64_t old_wm = log->watermark;
     while (!log->reorder.empty() &&
            log->reorder.begin()->first == log->watermark + 1) {
       EventPtr e = std::move(log->reorder.begin()->second);
       log->reorder.erase(log->reorder.begin());
-      ++log->watermark;
-      if (log->terminal_seq == 0 && internal::IsTerminalGraphEvent(e->type())) {
-        log->terminal_seq = e->seq();
-      }
-      log->events.push_back(e);
-      visible.push_back(std::move(e));
+      make_visible(std::move(e));
     }
     made_visible = visible.size();
 

@@ -213,6 +213,13 @@ class EventBus {
                        std::vector<forge::v1::Event> events)
       ABSL_LOCKS_EXCLUDED(graphs_mu_);
 
+  // Publish for events already shared, each naming `graph_id` (recovery
+  // makes them so as it reads the journal: nothing is moved again).
+  absl::Status PublishShared(
+      const std::string& graph_id,
+      std::vector<std::shared_ptr<const forge::v1::Event>> events)
+      ABSL_LOCKS_EXCLUDED(graphs_mu_);
+
   // Appends an event of no graph (worker events) to the global stream.
   // INVALID_ARGUMENT if it names a graph.
   absl::Status PublishGlobal(forge::v1::Event event);

@@ -911,6 +911,10 @@ absl::Status RocksJournal::Scan(
     return absl::UnavailableError("journal: reopening after a full disk");
   }
   rocksdb::ReadOptions read_options;  // an implicit snapshot
+  // A scan reads a range once, in order (recovery reads everything): its
+  // blocks are not kept in the block cache, and the file is read ahead.
+  read_options.fill_cache = false;
+  read_options.readahead_size = 2 << 20;
   const rocksdb::Slice upper = ToSlice(end);
   if (!end.empty()) read_options.iterate_upper_bound = &upper;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options));

@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -192,7 +193,8 @@ struct InsertResult {
 struct RecoveredGraph {
   forge::journal::v1::GraphSpecRecord spec;
   forge::journal::v1::GraphStateRecord state;  // default: RUNNING
-  std::vector<std::pair<int32_t, forge::journal::v1::TaskRecord>> tasks;
+  // A deque: a big graph's records are not moved as more are read.
+  std::deque<std::pair<int32_t, forge::journal::v1::TaskRecord>> tasks;
   int64_t last_seq = 0;  // its last journaled event
 };
 
