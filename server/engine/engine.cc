@@ -1,5 +1,6 @@
 #include "server/engine/engine.h"
 
+#include <future>
 #include <map>
 #include <optional>
 #include <utility>
@@ -377,9 +378,21 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
   store::RecoveredGraph rec;
   // Shared as they are read: the bus keeps these very objects.
   std::vector<std::shared_ptr<const v1::Event>> events;
+  // Parsed into, then its event swapped out: one record object for all.
+  forge::journal::v1::EventRecord event_record;
   bool have_spec = false;
   // Recovery accepts every graph the journal holds, whatever today's limits.
   const graph::Limits unlimited = graph::NoSizeLimits();
+  // A big spec (a 1,000,000-task graph's is ~40 MB) is parsed and compiled
+  // on a thread of its own while the scan goes on through the graph's
+  // state and task records; the graph's finish waits for it.
+  struct ParsedSpec {
+    absl::Status parsed;
+    forge::journal::v1::GraphSpecRecord spec;
+    absl::StatusOr<graph::CompiledGraph> compiled;
+  };
+  constexpr size_t kSpecBytesForAThread = 1 << 20;
+  std::future<ParsedSpec> spec_in_flight;
   auto reset = [&]() {
     current.clear();
     rec = store::RecoveredGraph();
@@ -391,6 +404,13 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
     if (!have_spec) {
       return absl::DataLossError(
           absl::StrCat("journal: graph ", current, " has records but no spec"));
+    }
+    std::optional<absl::StatusOr<graph::CompiledGraph>> precompiled;
+    if (spec_in_flight.valid()) {
+      ParsedSpec parsed = spec_in_flight.get();
+      RETURN_IF_ERROR(parsed.parsed);
+      rec.spec = std::move(parsed.spec);
+      precompiled = std::move(parsed.compiled);
     }
     const v1::GraphSpec& spec = rec.spec.spec();
     const bool terminal = rec.state.state() != v1::GRAPH_STATE_UNSPECIFIED &&
@@ -409,7 +429,8 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
       reset();
       return absl::OkStatus();
     }
-    absl::StatusOr<graph::CompiledGraph> compiled = graph::Compile(spec, unlimited);
+    absl::StatusOr<graph::CompiledGraph> compiled =
+        precompiled ? *std::move(precompiled) : graph::Compile(spec, unlimited);
     if (!compiled.ok()) {
       return absl::DataLossError(absl::StrCat("journal: graph ", current,
                                               ": ", compiled.status().message()));
@@ -446,7 +467,7 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
         }
         switch (k.kind) {
           case store::GraphKey::kEvent: {
-            forge::journal::v1::EventRecord r;
+            forge::journal::v1::EventRecord& r = event_record;
             failed = store::ParseRecord(key, value, &r);
             if (!failed.ok()) return false;
             if (r.event().seq() != k.seq || k.seq != rec.last_seq + 1) {
@@ -463,6 +484,18 @@ absl::StatusOr<RecoveryStats> Engine::Recover() {
             break;
           }
           case store::GraphKey::kSpec:
+            if (value.size() >= kSpecBytesForAThread) {
+              spec_in_flight = std::async(
+                  std::launch::async,
+                  [key = std::string(key), value = std::string(value), &unlimited]() {
+                    ParsedSpec p;
+                    p.parsed = store::ParseRecord(key, value, &p.spec);
+                    if (p.parsed.ok()) p.compiled = graph::Compile(p.spec.spec(), unlimited);
+                    return p;
+                  });
+              have_spec = true;  // a parse error comes out at the graph's finish
+              break;
+            }
             failed = store::ParseRecord(key, value, &rec.spec);
             have_spec = failed.ok();
             break;
