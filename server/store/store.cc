@@ -315,6 +315,7 @@ class Store::Transition {
       forge::journal::v1::EventRecord r;
       r.set_version(kRecordVersion);
       *r.mutable_event() = e;
+      r.mutable_event()->clear_graph_id();  // the key names it (28 bytes an event)
       b.Put(EventKey(g_.id, e.seq()), r.SerializeAsString());
     }
     for (int32_t i : dirty_) {
@@ -1206,6 +1207,7 @@ absl::Status Store::ReadEvents(const std::string& graph_id, int64_t after_seq,
           return false;
         }
         out->push_back(std::move(*r.mutable_event()));
+        if (out->back().graph_id().empty()) out->back().set_graph_id(graph_id);
         return ++taken < max;
       }));
   return failed;

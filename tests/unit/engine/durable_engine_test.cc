@@ -210,6 +210,53 @@ TEST(DurableEngineTest, ARecoveredEngineContinuesTheSameGraph) {
   timers.Shutdown();
 }
 
+TEST(DurableEngineTest, EventRecordsWithOrWithoutTheirGraphIdReadTheSame) {
+  ManualJournal journal;
+  std::string id;
+  {
+    TimerService timers(Clock::Real());
+    events::EventBus bus;
+    Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+    v1::SubmitGraphRequest req;
+    req.mutable_graph()->add_tasks()->set_name("a");
+    engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { id = r->graph_id(); });
+    journal.Release();
+    timers.Shutdown();
+  }
+  ASSERT_FALSE(id.empty());
+  // This version leaves the graph id out (the key names it)...
+  forge::journal::v1::EventRecord first;
+  absl::StatusOr<std::optional<std::string>> bytes = journal.Get(store::EventKey(id, 1));
+  ASSERT_TRUE(bytes.ok() && bytes->has_value());
+  ASSERT_TRUE(first.ParseFromString(**bytes));
+  EXPECT_EQ(first.event().graph_id(), "");
+  EXPECT_EQ(first.event().type(), v1::GRAPH_SUBMITTED);
+  // ...and earlier ones wrote it: a record of each kind reads the same.
+  forge::journal::v1::EventRecord second;
+  bytes = journal.Get(store::EventKey(id, 2));
+  ASSERT_TRUE(bytes.ok() && bytes->has_value());
+  ASSERT_TRUE(second.ParseFromString(**bytes));
+  second.mutable_event()->set_graph_id(id);
+  journal.Overwrite(store::EventKey(id, 2), second.SerializeAsString());
+
+  TimerService timers(Clock::Real());
+  events::EventBus bus;
+  Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  ASSERT_TRUE(engine.Recover().ok());
+  absl::StatusOr<std::shared_ptr<events::Subscription>> sub =
+      engine.SubscribeGraph(id, 0, [] {});
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  const std::vector<v1::Event> events = (*sub)->Next(100).events;
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].graph_id(), id);
+  EXPECT_EQ(events[0].type(), v1::GRAPH_SUBMITTED);
+  EXPECT_EQ(events[1].graph_id(), id);
+  EXPECT_EQ(events[1].type(), v1::TASK_READY);
+  EXPECT_EQ(events[1].task(), "a");
+  (*sub)->Close();
+  timers.Shutdown();
+}
+
 // Recovery parses a spec of 1 MiB or more on a thread of its own while it
 // reads on; a small one inline. Either way the graph comes back whole, and
 // a spec record that does not parse stops the recovery with DATA_LOSS.
