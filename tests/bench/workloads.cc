@@ -603,6 +603,32 @@ class TransportService final : public forge::bench::v1::Transport::CallbackServi
     };
     return new Reader(ack);
   }
+  grpc::ServerBidiReactor<forge::bench::v1::Blob, forge::bench::v1::Blob>* Echo(
+      grpc::CallbackServerContext*) override {
+    class Echoer : public grpc::ServerBidiReactor<forge::bench::v1::Blob, forge::bench::v1::Blob> {
+     public:
+      Echoer() { StartRead(&msg_); }
+      void OnReadDone(bool ok) override {
+        if (!ok) {
+          Finish(grpc::Status::OK);
+          return;
+        }
+        StartWrite(&msg_);
+      }
+      void OnWriteDone(bool ok) override {
+        if (!ok) {
+          Finish(grpc::Status::CANCELLED);
+          return;
+        }
+        StartRead(&msg_);
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      forge::bench::v1::Blob msg_;
+    };
+    return new Echoer();
+  }
 };
 
 absl::Status RunLimit(const BenchOptions& o, std::vector<Figure>* out) {
@@ -629,6 +655,25 @@ absl::Status RunLimit(const BenchOptions& o, std::vector<Figure>* out) {
     rtts.push_back(absl::ToDoubleMicroseconds(absl::Now() - t0));
   }
   out->push_back({"LIMIT", "grpc_round_trip_p50", "us", Quantile(rtts, 0.5)});
+  // The same, one message at a time on one open bidirectional stream.
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub->Echo(&ctx);
+    forge::bench::v1::Blob pong;
+    std::vector<double> stream_rtts;
+    stream_rtts.reserve(o.pings);
+    for (int i = 0; i < o.pings; ++i) {
+      const absl::Time t0 = absl::Now();
+      if (!stream->Write(ping) || !stream->Read(&pong)) {
+        return absl::UnavailableError("echo stream broke");
+      }
+      stream_rtts.push_back(absl::ToDoubleMicroseconds(absl::Now() - t0));
+    }
+    stream->WritesDone();
+    grpc::Status s = stream->Finish();
+    if (!s.ok()) return absl::UnavailableError(s.error_message());
+    out->push_back({"LIMIT", "grpc_stream_round_trip_p50", "us", Quantile(stream_rtts, 0.5)});
+  }
   // Batched stream: results as a worker sends them.
   v1::WorkerMessage batch;
   for (int i = 0; i < o.stream_batch; ++i) {
