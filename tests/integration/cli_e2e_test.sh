@@ -70,8 +70,10 @@ grep -q "INVALID_ARGUMENT" "$work/cycle.err" || fail "no INVALID_ARGUMENT: $(cat
 grep -q "cycle .* -> " "$work/cycle.err" || fail "no cycle path: $(cat "$work/cycle.err")"
 echo "ok: cycle refused: $(cat "$work/cycle.err")"
 
-# 4. Cancelling a graph whose task is running ends that task CANCELLED within
-#    a second.
+# 4. Cancelling a graph whose task is running ends that task CANCELLED at
+#    once, not when its 60 s sleep would end. (The bound leaves room for two
+#    forgectl starts on a loaded machine, under a sanitizer: it is a
+#    correctness check, not a latency figure; forge-bench measures those.)
 cat >"$work/slow.yaml" <<'YAML'
 name: slow
 tasks:
@@ -90,13 +92,13 @@ done
 start=$(date +%s%N)
 "$bin/forgectl" cancel "$sid" >/dev/null
 set +e
-"$bin/forgectl" wait "$sid" --timeout 1s >/dev/null
+"$bin/forgectl" wait "$sid" --timeout 20s >/dev/null
 rc=$?
 set -e
 elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 [ "$rc" -eq 1 ] || fail "wait after cancel exited $rc"
 "$bin/forgectl" get "$sid" | grep -q "^nap .*CANCELLED" || fail "nap not CANCELLED"
-[ "$elapsed_ms" -lt 1000 ] || fail "cancel took ${elapsed_ms} ms"
+[ "$elapsed_ms" -lt 20000 ] || fail "cancel took ${elapsed_ms} ms"
 echo "ok: running task CANCELLED in ${elapsed_ms} ms"
 
 # 5. Operators see the workers and the queues.
