@@ -37,6 +37,10 @@ struct Wrapped {
 };
 
 bool EvalWrapped(void* arg) {
+  // The waiter built `arg` (and its Condition) on its own stack before absl
+  // queued it; an unlocker on another thread evaluates it. absl's queueing
+  // is invisible to TSan, so the hand-off of the struct is told too.
+  __tsan_acquire(arg);
   const Wrapped* w = static_cast<const Wrapped*>(arg);
   __tsan_acquire(w->mu);
   const bool r = w->cond->Eval();
@@ -53,9 +57,10 @@ const bool kNoAbslDeadlockGraph = [] {
 
 }  // namespace
 
-#define FORGE_WRAP(cond)         \
-  Wrapped wrapped{&(cond), this}; \
-  const absl::Condition wrapped_cond(&EvalWrapped, &wrapped)
+#define FORGE_WRAP(cond)                                  \
+  Wrapped wrapped{&(cond), this};                          \
+  const absl::Condition wrapped_cond(&EvalWrapped, &wrapped); \
+  __tsan_release(&wrapped)
 
 namespace absl {
 ABSL_NAMESPACE_BEGIN
