@@ -97,6 +97,19 @@ class RecordingExecutor final : public sched::Executor {
   std::vector<sched::Dispatch> got_ ABSL_GUARDED_BY(mu_);
 };
 
+// Submits `req` to an engine on `journal`, makes it durable and stops that
+// engine (a restart follows); returns the graph id.
+std::string SubmitAndStop(ManualJournal& journal, const v1::SubmitGraphRequest& req) {
+  TimerService timers(Clock::Real());
+  events::EventBus bus;
+  Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  std::string id;
+  engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { id = r->graph_id(); });
+  journal.Release();
+  timers.Shutdown();
+  return id;
+}
+
 TEST(DurableEngineTest, NothingIsVisibleBeforeItsRecordsAreDurable) {
   TimerService timers(Clock::Real());
   events::EventBus bus;
@@ -173,20 +186,12 @@ TEST(DurableEngineTest, ARepeatedRequestIdIsAnsweredOnlyOnceItsGraphIsDurable) {
 
 TEST(DurableEngineTest, ARecoveredEngineContinuesTheSameGraph) {
   ManualJournal journal;
-  std::string id;
-  {
-    TimerService timers(Clock::Real());
-    events::EventBus bus;
-    Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
-    v1::SubmitGraphRequest req;
-    req.mutable_graph()->add_tasks()->set_name("a");
-    v1::TaskSpec* b = req.mutable_graph()->add_tasks();
-    b->set_name("b");
-    b->add_depends_on("a");
-    engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { id = r->graph_id(); });
-    journal.Release();
-    timers.Shutdown();
-  }
+  v1::SubmitGraphRequest req;
+  req.mutable_graph()->add_tasks()->set_name("a");
+  v1::TaskSpec* b = req.mutable_graph()->add_tasks();
+  b->set_name("b");
+  b->add_depends_on("a");
+  const std::string id = SubmitAndStop(journal, req);
   ASSERT_FALSE(id.empty());
   TimerService timers(Clock::Real());
   events::EventBus bus;
@@ -212,30 +217,23 @@ TEST(DurableEngineTest, ARecoveredEngineContinuesTheSameGraph) {
 
 TEST(DurableEngineTest, EventRecordsWithOrWithoutTheirGraphIdReadTheSame) {
   ManualJournal journal;
-  std::string id;
-  {
-    TimerService timers(Clock::Real());
-    events::EventBus bus;
-    Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
-    v1::SubmitGraphRequest req;
-    req.mutable_graph()->add_tasks()->set_name("a");
-    engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { id = r->graph_id(); });
-    journal.Release();
-    timers.Shutdown();
-  }
+  v1::SubmitGraphRequest req;
+  req.mutable_graph()->add_tasks()->set_name("a");
+  const std::string id = SubmitAndStop(journal, req);
   ASSERT_FALSE(id.empty());
+  auto record = [&](int64_t seq) {
+    forge::journal::v1::EventRecord r;
+    absl::StatusOr<std::optional<std::string>> bytes = journal.Get(store::EventKey(id, seq));
+    EXPECT_TRUE(bytes.ok() && bytes->has_value() && r.ParseFromString(**bytes)) << seq;
+    return r;
+  };
   // This version leaves the graph id out (the key names it)...
-  forge::journal::v1::EventRecord first;
-  absl::StatusOr<std::optional<std::string>> bytes = journal.Get(store::EventKey(id, 1));
-  ASSERT_TRUE(bytes.ok() && bytes->has_value());
-  ASSERT_TRUE(first.ParseFromString(**bytes));
+  const forge::journal::v1::EventRecord first = record(1);
   EXPECT_EQ(first.event().graph_id(), "");
   EXPECT_EQ(first.event().type(), v1::GRAPH_SUBMITTED);
   // ...and earlier ones wrote it: a record of each kind reads the same.
-  forge::journal::v1::EventRecord second;
-  bytes = journal.Get(store::EventKey(id, 2));
-  ASSERT_TRUE(bytes.ok() && bytes->has_value());
-  ASSERT_TRUE(second.ParseFromString(**bytes));
+  forge::journal::v1::EventRecord second = record(2);
+  ASSERT_EQ(second.event().seq(), 2);
   second.mutable_event()->set_graph_id(id);
   journal.Overwrite(store::EventKey(id, 2), second.SerializeAsString());
 
@@ -263,10 +261,7 @@ TEST(DurableEngineTest, EventRecordsWithOrWithoutTheirGraphIdReadTheSame) {
 class RecoverSpecTest : public ::testing::TestWithParam<bool> {
  protected:
   // Two tasks; with GetParam() their inputs make the spec ~1.4 MB.
-  std::string SubmitTo(persist::Journal& journal) {
-    TimerService timers(Clock::Real());
-    events::EventBus bus;
-    Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  std::string SubmitTo(ManualJournal& journal) {
     v1::SubmitGraphRequest req;
     v1::TaskSpec* a = req.mutable_graph()->add_tasks();
     a->set_name("a");
@@ -275,11 +270,7 @@ class RecoverSpecTest : public ::testing::TestWithParam<bool> {
     b->set_name("b");
     b->add_depends_on("a");
     b->set_input(std::string(GetParam() ? 700 << 10 : 10, 'b'));
-    std::string id;
-    engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { id = r->graph_id(); });
-    static_cast<ManualJournal&>(journal).Release();
-    timers.Shutdown();
-    return id;
+    return SubmitAndStop(journal, req);
   }
 };
 
