@@ -209,14 +209,22 @@ class FakeWatchWriter final
     NextLocked();
   }
   void OnCancel() override {
+    FORGE_TSAN_RECEIVE(this);
     {
       absl::MutexLock lock(&fake_->mu);
       ++fake_->watch_cancelled;
     }
-    absl::MutexLock lock(&mu_);
-    if (!writing_) FinishLocked(grpc::Status::CANCELLED);
+    {
+      absl::MutexLock lock(&mu_);
+      if (!writing_) FinishLocked(grpc::Status::CANCELLED);
+    }
+    // gRPC runs OnDone after OnCancel, ordered inside libgrpc: told to TSan.
+    FORGE_TSAN_HANDOFF(this);
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    FORGE_TSAN_RECEIVE(this);
+    delete this;
+  }
 
  private:
   void NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
