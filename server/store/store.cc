@@ -413,6 +413,18 @@ class Store::Transition {
     t.backing_off = false;
     t.ready_at = now_;
     EmitTask(v1::TASK_READY, i);
+    t.ready_seq = store_.next_ready_seq_.fetch_add(1, std::memory_order_relaxed);
+    ReadyTask& r = Enqueue(i);
+    if (t.attempt == 0) {
+      r.first_ready = true;
+      r.dependency_wait = now_ - g_.created_at;
+    }
+  }
+
+  // Hands READY task i (its ready_seq and ready_at set) to the queues, and
+  // arms its schedule-to-start timer if it has one.
+  ReadyTask& Enqueue(int32_t i) {
+    const TaskRuntime& t = g_.tasks[i];
     const v1::TaskSpec& spec = g_.Rest(i);
     ReadyTask& r = fx_.ready.emplace_back();
     r.graph_id = g_.id;
@@ -420,19 +432,15 @@ class Store::Transition {
     r.queue = g_.Queue(i);
     r.priority = g_.defs[i].priority;
     r.ordering_key = spec.ordering_key();
-    r.ready_seq = store_.next_ready_seq_.fetch_add(1, std::memory_order_relaxed);
-    t.ready_seq = r.ready_seq;
-    if (t.attempt == 0) {
-      r.first_ready = true;
-      r.dependency_wait = now_ - g_.created_at;
-    }
+    r.ready_seq = t.ready_seq;
     if (spec.timeouts().has_schedule_to_start()) {
       AttemptTimer& timer = fx_.attempt_timers.emplace_back();
       timer.graph_id = g_.id;
       timer.index = i;
       timer.ready_seq = t.ready_seq;
-      timer.due = now_ + FromProto(spec.timeouts().schedule_to_start());
+      timer.due = t.ready_at + FromProto(spec.timeouts().schedule_to_start());
     }
+    return r;
   }
 
   // Arms the run-timeout and (if `heartbeat`) heartbeat timers of task i's
@@ -1016,26 +1024,12 @@ absl::StatusOr<Effects> Store::Restore(RecoveredGraph rec,
   fx.ready.reserve(rg.counts.ready());
   for (int32_t i = 0; i < n; ++i) {
     TaskRuntime& t = rg.tasks[i];
-    const v1::TaskSpec& spec = rg.Rest(i);
     if (t.state == v1::RUNNING) {
       tx.RestartAttempt(i);
     } else if (t.state == v1::READY && t.backing_off) {
       fx.retries.push_back(RetryTimer{id, i, t.attempt, t.R().retry_at});
     } else if (t.state == v1::READY) {
-      ReadyTask& r = fx.ready.emplace_back();
-      r.graph_id = id;
-      r.index = i;
-      r.queue = rg.Queue(i);
-      r.priority = rg.defs[i].priority;
-      r.ordering_key = spec.ordering_key();
-      r.ready_seq = t.ready_seq;
-      if (spec.timeouts().has_schedule_to_start()) {
-        AttemptTimer& timer = fx.attempt_timers.emplace_back();
-        timer.graph_id = id;
-        timer.index = i;
-        timer.ready_seq = t.ready_seq;
-        timer.due = t.ready_at + FromProto(spec.timeouts().schedule_to_start());
-      }
+      tx.Enqueue(i);
     }
   }
   // The queues take the restored READY tasks in their old order (already

@@ -97,16 +97,23 @@ class RecordingExecutor final : public sched::Executor {
   std::vector<sched::Dispatch> got_ ABSL_GUARDED_BY(mu_);
 };
 
+// An engine on `journal` with its own timers and bus; the timers stop with it.
+struct EngineOn {
+  explicit EngineOn(ManualJournal& journal)
+      : engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal) {}
+  ~EngineOn() { timers.Shutdown(); }
+  TimerService timers{Clock::Real()};
+  events::EventBus bus;
+  Engine engine;
+};
+
 // Submits `req` to an engine on `journal`, makes it durable and stops that
 // engine (a restart follows); returns the graph id.
 std::string SubmitAndStop(ManualJournal& journal, const v1::SubmitGraphRequest& req) {
-  TimerService timers(Clock::Real());
-  events::EventBus bus;
-  Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  EngineOn e(journal);
   std::string id;
-  engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { id = r->graph_id(); });
+  e.engine.Submit(req, [&](absl::StatusOr<v1::SubmitGraphResponse> r) { id = r->graph_id(); });
   journal.Release();
-  timers.Shutdown();
   return id;
 }
 
@@ -193,9 +200,8 @@ TEST(DurableEngineTest, ARecoveredEngineContinuesTheSameGraph) {
   b->add_depends_on("a");
   const std::string id = SubmitAndStop(journal, req);
   ASSERT_FALSE(id.empty());
-  TimerService timers(Clock::Real());
-  events::EventBus bus;
-  Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  EngineOn restarted(journal);
+  Engine& engine = restarted.engine;
   absl::StatusOr<RecoveryStats> r = engine.Recover();
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->graphs, 1);
@@ -212,7 +218,6 @@ TEST(DurableEngineTest, ARecoveredEngineContinuesTheSameGraph) {
   journal.Release();
   ASSERT_EQ(exec->got().size(), 1u);
   EXPECT_EQ(exec->got()[0].assignment.task(), "a");
-  timers.Shutdown();
 }
 
 TEST(DurableEngineTest, EventRecordsWithOrWithoutTheirGraphIdReadTheSame) {
@@ -237,9 +242,8 @@ TEST(DurableEngineTest, EventRecordsWithOrWithoutTheirGraphIdReadTheSame) {
   second.mutable_event()->set_graph_id(id);
   journal.Overwrite(store::EventKey(id, 2), second.SerializeAsString());
 
-  TimerService timers(Clock::Real());
-  events::EventBus bus;
-  Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  EngineOn restarted(journal);
+  Engine& engine = restarted.engine;
   ASSERT_TRUE(engine.Recover().ok());
   absl::StatusOr<std::shared_ptr<events::Subscription>> sub =
       engine.SubscribeGraph(id, 0, [] {});
@@ -252,7 +256,6 @@ TEST(DurableEngineTest, EventRecordsWithOrWithoutTheirGraphIdReadTheSame) {
   EXPECT_EQ(events[1].type(), v1::TASK_READY);
   EXPECT_EQ(events[1].task(), "a");
   (*sub)->Close();
-  timers.Shutdown();
 }
 
 // Recovery parses a spec of 1 MiB or more on a thread of its own while it
@@ -278,9 +281,8 @@ TEST_P(RecoverSpecTest, TheGraphComesBackWhole) {
   ManualJournal journal;
   const std::string id = SubmitTo(journal);
   ASSERT_FALSE(id.empty());
-  TimerService timers(Clock::Real());
-  events::EventBus bus;
-  Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  EngineOn restarted(journal);
+  Engine& engine = restarted.engine;
   absl::StatusOr<RecoveryStats> r = engine.Recover();
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->tasks, 2);
@@ -291,7 +293,6 @@ TEST_P(RecoverSpecTest, TheGraphComesBackWhole) {
   EXPECT_EQ(g->tasks(1).spec().input(), std::string(GetParam() ? 700 << 10 : 10, 'b'));
   EXPECT_EQ(g->tasks(1).spec().depends_on(0), "a");
   EXPECT_EQ(g->tasks(0).state(), v1::READY);
-  timers.Shutdown();
 }
 
 TEST_P(RecoverSpecTest, ASpecThatDoesNotParseIsDataLoss) {
@@ -300,15 +301,13 @@ TEST_P(RecoverSpecTest, ASpecThatDoesNotParseIsDataLoss) {
   ASSERT_FALSE(id.empty());
   // Wire type 7 does not exist: no parser accepts it, whatever its length.
   journal.Overwrite(store::SpecKey(id), std::string(GetParam() ? 2 << 20 : 64, '\xff'));
-  TimerService timers(Clock::Real());
-  events::EventBus bus;
-  Engine engine(EngineOptions{}, Clock::Real(), &timers, &bus, &journal);
+  EngineOn restarted(journal);
+  Engine& engine = restarted.engine;
   absl::StatusOr<RecoveryStats> r = engine.Recover();
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
   EXPECT_NE(r.status().message().find("does not parse"), std::string::npos) << r.status();
   EXPECT_FALSE(engine.GetGraph(id, v1::BASIC).ok());
-  timers.Shutdown();
 }
 
 INSTANTIATE_TEST_SUITE_P(SmallAndBig, RecoverSpecTest, ::testing::Bool(),
